@@ -1,0 +1,5 @@
+import sys
+
+from lib_sdtrain.cli import main
+
+sys.exit(main())

@@ -1,0 +1,56 @@
+"""`python -m lib_sdtrain <command> ...` / `sdtrain <command> ...`: every stage of the pipeline from the terminal.
+
+Each stage module contributes its sub-command through a `register_cli(subparsers)` function listed in COMMANDS;
+the modules are imported only when the parser is built, so `--help` stays quick and a stage's heavy imports
+happen only when that stage runs. A command's handler returns an exit code:
+0 done, 1 failed with a message, 2 bad arguments (argparse), 130 cancelled.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from lib_sdtrain import __version__
+from lib_sdtrain.errors import Cancelled, SDTrainError
+
+# "module:function" pairs, in the order the pipeline runs.
+COMMANDS: list[str] = [
+    "lib_sdtrain.models.cli:register_cli",
+]
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_CANCELLED = 0, 1, 2, 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sdtrain",
+        description="SD-Train: caption, tag and prepare a dataset, then train a Stable Diffusion LoRA or fine-tune.",
+    )
+    parser.add_argument("--version", action="version", version=f"SD-Train {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="<command>")
+    for entry in COMMANDS:
+        module_name, func_name = entry.split(":")
+        getattr(importlib.import_module(module_name), func_name)(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "handler", None):
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        return int(args.handler(args) or EXIT_OK)
+    except Cancelled as e:
+        print(f"sdtrain: {e}", file=sys.stderr)
+        return EXIT_CANCELLED
+    except SDTrainError as e:
+        print(f"sdtrain: error: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print("sdtrain: interrupted", file=sys.stderr)
+        return EXIT_CANCELLED

@@ -1,0 +1,60 @@
+"""The in-memory model every stage works with: diffusers/transformers modules plus what is needed to save them back."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+from transformers import CLIPTextModel, CLIPTokenizer
+
+SDVersion = Literal["sd1", "sd2"]
+PredictionType = Literal["epsilon", "v_prediction"]
+
+
+@dataclass
+class SDModel:
+    """A loaded Stable Diffusion model.
+
+    `extra_ldm_state` keeps the tensors of a single-file checkpoint that have no place in the diffusers modules
+    (SD2's last text-encoder block, which SD never uses, OpenCLIP's projection, ...), so saving writes them back
+    and a load -> save round trip is exact.
+    """
+
+    unet: UNet2DConditionModel
+    vae: AutoencoderKL
+    text_encoder: CLIPTextModel
+    tokenizer: CLIPTokenizer
+    version: SDVersion
+    prediction_type: PredictionType
+    source: str = ""
+    scheduler_config: dict = field(default_factory=dict)
+    extra_ldm_state: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    @property
+    def v_prediction(self) -> bool:
+        return self.prediction_type == "v_prediction"
+
+    @property
+    def vae_scaling_factor(self) -> float:
+        return float(self.vae.config.scaling_factor)
+
+    def noise_scheduler(self) -> DDPMScheduler:
+        """The training noise schedule (SD's: 1000 steps, scaled-linear betas 0.00085-0.012)."""
+        config = {
+            "num_train_timesteps": 1000,
+            "beta_start": 0.00085,
+            "beta_end": 0.012,
+            "beta_schedule": "scaled_linear",
+            "clip_sample": False,
+            "steps_offset": 1,
+            **self.scheduler_config,
+            "prediction_type": self.prediction_type,
+        }
+        return DDPMScheduler(**config)
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> SDModel:
+        for module in (self.unet, self.vae, self.text_encoder):
+            module.to(device=device, dtype=dtype)
+        return self
