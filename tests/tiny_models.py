@@ -41,7 +41,7 @@ def write_tiny_tokenizer(folder: Path) -> CLIPTokenizer:
     merges: list[str] = []
     for word in WORDS:
         # Merge letters left to right: "s k" -> "sk", "sk s</w>" -> "sks</w>".
-        pieces = list(word[:-1]) + [word[-1] + "</w>"]
+        pieces = [*word[:-1], word[-1] + "</w>"]
         while len(pieces) > 1:
             merged = pieces[0] + pieces[1]
             merge = f"{pieces[0]} {pieces[1]}"
@@ -141,7 +141,7 @@ def tiny_pipeline(tokenizer_dir: Path, seed: int = 0, sd2: bool = False) -> Stab
 
 
 def write_tiny_diffusers_model(folder: Path, seed: int = 0, sd2: bool = False) -> Path:
-    """A complete diffusers-format model folder (model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/)."""
+    """A complete diffusers-format model folder (model_index.json, unet/, vae/, text_encoder/, tokenizer/, ...)."""
     pipe = tiny_pipeline(folder.parent / f"{folder.name}-tokenizer-src", seed=seed, sd2=sd2)
     pipe.save_pretrained(folder, safe_serialization=True)
     return folder

@@ -1,7 +1,8 @@
 """One progress interface for every long job: tqdm on the CLI, callbacks in the UI, and a cancel flag for both.
 
 A job calls `progress.start(total, desc)`, then `progress.advance(n, **info)` as it goes, and
-`progress.check_cancelled()` at safe points. `info` carries what the UI shows (loss, lr, epoch, ...); `progress.image(img)` hands over previews.
+`progress.check_cancelled()` at safe points. `info` carries what the UI shows (loss, lr, epoch, ...);
+`progress.image(img)` hands over previews.
 """
 
 from __future__ import annotations
