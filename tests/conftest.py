@@ -31,3 +31,21 @@ def tiny_sd2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_tokenizer_dir(tiny_sd_dir: Path) -> Path:
     return tiny_sd_dir / "tokenizer"
+
+
+def _write_checkpoint(model_dir: Path, path: Path) -> Path:
+    from lib_sdtrain.models.loading import load_sd_model
+    from lib_sdtrain.models.saving import save_sd_checkpoint
+
+    return save_sd_checkpoint(load_sd_model(model_dir), path)
+
+
+@pytest.fixture(scope="session")
+def tiny_sd_checkpoint(tiny_sd_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny SD1 model as a single-file ldm checkpoint (a folder of its own, no tokenizer beside it)."""
+    return _write_checkpoint(tiny_sd_dir, tmp_path_factory.mktemp("ckpt") / "tiny-sd1.safetensors")
+
+
+@pytest.fixture(scope="session")
+def tiny_sd2_checkpoint(tiny_sd2_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _write_checkpoint(tiny_sd2_dir, tmp_path_factory.mktemp("ckpt") / "tiny-sd2-v.safetensors")

@@ -63,7 +63,7 @@ def write_tiny_tokenizer(folder: Path) -> CLIPTokenizer:
     return tokenizer
 
 
-def tiny_text_encoder(tokenizer: CLIPTokenizer, layers: int = 2) -> CLIPTextModel:
+def tiny_text_encoder(tokenizer: CLIPTokenizer, layers: int = 2, hidden_act: str = "quick_gelu") -> CLIPTextModel:
     config = CLIPTextConfig(
         vocab_size=len(tokenizer),
         hidden_size=TEXT_HIDDEN,
@@ -71,7 +71,7 @@ def tiny_text_encoder(tokenizer: CLIPTokenizer, layers: int = 2) -> CLIPTextMode
         num_hidden_layers=layers,
         num_attention_heads=TEXT_HIDDEN // 64,
         max_position_embeddings=77,
-        hidden_act="quick_gelu",
+        hidden_act=hidden_act,  # OpenAI CLIP (SD1) uses quick-GELU, OpenCLIP (SD2) GELU
         projection_dim=TEXT_HIDDEN,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
@@ -130,7 +130,7 @@ def tiny_pipeline(tokenizer_dir: Path, seed: int = 0, sd2: bool = False) -> Stab
     tokenizer = write_tiny_tokenizer(tokenizer_dir)
     return StableDiffusionPipeline(
         vae=tiny_vae(),
-        text_encoder=tiny_text_encoder(tokenizer),
+        text_encoder=tiny_text_encoder(tokenizer, hidden_act="gelu" if sd2 else "quick_gelu"),
         tokenizer=tokenizer,
         unet=tiny_unet(sd2=sd2),
         scheduler=tiny_scheduler("v_prediction" if sd2 else "epsilon"),

@@ -1,0 +1,131 @@
+"""Reading single-file checkpoints safely, and telling what kind of model a state dict holds."""
+
+from __future__ import annotations
+
+import pickle
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from lib_sdtrain.errors import ModelLoadError, UnsupportedModelError
+from lib_sdtrain.models.ldm_keys import SD1_TEXT_PREFIX, SD2_TEXT_PREFIX, UNET_PREFIX, VAE_PREFIX
+
+SAFETENSORS_SUFFIXES = (".safetensors",)
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+EMA_PREFIX = "model_ema."
+
+
+@dataclass
+class CheckpointFile:
+    path: Path
+    state_dict: dict[str, torch.Tensor]
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+def read_checkpoint(path: str | Path, keep_ema: bool = False) -> CheckpointFile:
+    """Read a `.safetensors` file, or a pickled `.ckpt` through torch's weights-only unpickler.
+
+    EMA weights (`model_ema.*`) are dropped unless `keep_ema`: training and the WebUI use the live weights, and the
+    EMA copy of a full SD1.x checkpoint would double its memory.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ModelLoadError(f"Model file not found: {path}")
+    if path.stat().st_size == 0:
+        raise ModelLoadError(f"Model file is empty (0 bytes): {path}")
+    if path.suffix.lower() in SAFETENSORS_SUFFIXES:
+        state_dict, metadata = _read_safetensors(path)
+    elif path.suffix.lower() in PICKLE_SUFFIXES:
+        state_dict, metadata = _read_pickle(path), {}
+    else:
+        raise ModelLoadError(f"Unknown model file type {path.suffix!r}: expected .safetensors or .ckpt ({path})")
+    if not keep_ema:
+        state_dict = {k: v for k, v in state_dict.items() if not k.startswith(EMA_PREFIX)}
+    return CheckpointFile(path, state_dict, metadata)
+
+
+def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = dict(f.metadata() or {})
+        return load_file(str(path)), metadata
+    except SafetensorError as e:
+        raise ModelLoadError(f"{path.name} is not a readable safetensors file (truncated or corrupt?): {e}") from e
+    except (OSError, RuntimeError) as e:
+        raise ModelLoadError(f"Could not read {path}: {e}") from e
+
+
+def _read_pickle(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise ModelLoadError(
+            f"Refusing to load {path.name}: it contains Python objects other than tensors, and unpickling those can "
+            "run arbitrary code. Convert it to .safetensors with a tool you trust, or use a .safetensors version."
+        ) from e
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        raise ModelLoadError(f"{path.name} is not a readable checkpoint (truncated or corrupt?): {e}") from e
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]  # PyTorch Lightning checkpoints wrap the weights
+    if not isinstance(obj, dict):
+        raise ModelLoadError(f"{path.name} does not contain a state dict (found {type(obj).__name__})")
+    return {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+
+
+def normalize_ldm_keys(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Bring old SD1 text-encoder keys (before transformers added `text_model.`) to today's names."""
+    old = SD1_TEXT_PREFIX + "embeddings."
+    if not any(k.startswith(old) for k in state_dict):
+        return state_dict
+    fixed = {}
+    for key, value in state_dict.items():
+        if key.startswith(SD1_TEXT_PREFIX) and not key.startswith(SD1_TEXT_PREFIX + "text_model."):
+            key = SD1_TEXT_PREFIX + "text_model." + key[len(SD1_TEXT_PREFIX) :]
+        fixed[key] = value
+    return fixed
+
+
+def detect_sd_version(state_dict: dict[str, torch.Tensor], name: str = "checkpoint") -> str:
+    """ "sd1" or "sd2" from the key layout; a clear error for everything else (SDXL, SD3, Flux, LoRA files, ...)."""
+    keys = state_dict.keys()
+
+    def has(prefix: str) -> bool:
+        return any(k.startswith(prefix) for k in keys)
+
+    if has("conditioner.embedders.") or has(UNET_PREFIX + "label_emb."):
+        raise UnsupportedModelError(
+            f"{name} is an SDXL model. SD-Train supports SD 1.x and 2.x; SDXL is not supported yet."
+        )
+    if has(UNET_PREFIX + "joint_blocks.") or has("text_encoders."):
+        raise UnsupportedModelError(f"{name} is an SD3 model, which SD-Train does not support.")
+    if has("double_blocks.") or has(UNET_PREFIX + "double_blocks."):
+        raise UnsupportedModelError(f"{name} is a Flux model, which SD-Train does not support.")
+    if any(".lora_down." in k or ".lora_up." in k or k.startswith(("lora_unet_", "lora_te")) for k in keys):
+        raise ModelLoadError(
+            f"{name} is a LoRA, not a full model. Choose a Stable Diffusion checkpoint as the base model."
+        )
+    if not has(UNET_PREFIX):
+        if any(re.match(r"^(down_blocks|up_blocks|mid_block)\.", k) for k in keys):
+            raise ModelLoadError(
+                f"{name} holds the weights of a single diffusers module, not a whole model. "
+                "Point at the model folder (the one with model_index.json) instead."
+            )
+        example = ", ".join(sorted(keys)[:3]) or "none"
+        raise ModelLoadError(
+            f"{name} is not a Stable Diffusion checkpoint: it has no UNet weights ({UNET_PREFIX}*). "
+            f"First keys found: {example}"
+        )
+    if not has(VAE_PREFIX):
+        raise ModelLoadError(f"{name} has no VAE weights ({VAE_PREFIX}*); it is not a complete SD checkpoint.")
+    if has(SD2_TEXT_PREFIX):
+        return "sd2"
+    if has(SD1_TEXT_PREFIX):
+        return "sd1"
+    raise ModelLoadError(
+        f"{name} has no text-encoder weights (cond_stage_model.*); it is not a complete SD checkpoint."
+    )

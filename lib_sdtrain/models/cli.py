@@ -1,0 +1,77 @@
+"""`sdtrain inspect MODEL` and `sdtrain convert SRC DST`: look at a model, or turn it into a WebUI checkpoint."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+
+
+def register_cli(subparsers: argparse._SubParsersAction) -> None:
+    inspect = subparsers.add_parser(
+        "inspect",
+        help="show what a model file or folder contains",
+        description="Load a Stable Diffusion model (single file, diffusers folder or hub id) and describe it.",
+    )
+    _add_model_arguments(inspect)
+    inspect.set_defaults(handler=run_inspect)
+
+    convert = subparsers.add_parser(
+        "convert",
+        help="save a model as a single-file .safetensors checkpoint the WebUI loads",
+        description="Convert a diffusers folder, hub id or .ckpt into a single-file ldm-layout .safetensors.",
+    )
+    _add_model_arguments(convert)
+    convert.add_argument("output", type=Path, help="the .safetensors file to write")
+    convert.add_argument("--save_precision", choices=sorted(DTYPES), default="fp16", help="weight precision (fp16)")
+    convert.set_defaults(handler=run_convert)
+
+
+def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", help="a .safetensors/.ckpt file, a diffusers model folder, or a hub id")
+    parser.add_argument(
+        "--tokenizer",
+        help="CLIP tokenizer folder or hub id (single files carry none; default: the local Hugging Face cache)",
+    )
+    parser.add_argument("--v_parameterization", action="store_true", help="the model predicts v (SD2 768-v models)")
+
+
+def _load(args: argparse.Namespace):
+    from lib_sdtrain.models.loading import load_sd_model
+
+    prediction = "v_prediction" if args.v_parameterization else None
+    return load_sd_model(args.model, tokenizer=args.tokenizer, prediction_type=prediction)
+
+
+def run_inspect(args: argparse.Namespace) -> int:
+    started = time.perf_counter()
+    model = _load(args)
+    seconds = time.perf_counter() - started
+    print(f"model:        {model.source}")
+    print(f"version:      {model.version} ({model.prediction_type})")
+    for name in ("unet", "vae", "text_encoder"):
+        module = getattr(model, name)
+        count = sum(p.numel() for p in module.parameters())
+        print(f"{name + ':':<13} {type(module).__name__}, {count / 1e6:.1f}M parameters")
+    unet = model.unet.config
+    print(
+        f"unet blocks:  {list(unet.block_out_channels)} x {unet.layers_per_block}, cross-attention {unet.cross_attention_dim}"
+    )
+    print(f"tokenizer:    {len(model.tokenizer)} tokens, max length {model.tokenizer.model_max_length}")
+    if model.extra_ldm_state:
+        print(f"other tensors kept for saving: {len(model.extra_ldm_state)}")
+    print(f"loaded in {seconds:.1f} s")
+    return 0
+
+
+def run_convert(args: argparse.Namespace) -> int:
+    import torch
+
+    from lib_sdtrain.models.saving import save_sd_checkpoint
+
+    model = _load(args)
+    path = save_sd_checkpoint(model, args.output, dtype=getattr(torch, DTYPES[args.save_precision]))
+    print(f"saved {path} ({path.stat().st_size / 2**20:.1f} MiB)")
+    return 0

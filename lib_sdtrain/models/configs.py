@@ -1,0 +1,157 @@
+"""diffusers/transformers configs inferred from the tensor shapes of an ldm checkpoint.
+
+Shapes give channels, depths, block layout and which levels have attention. What shapes cannot tell is fixed by
+the SD version, as in the original model definitions: SD1 uses 8 attention heads in the UNet, SD2 heads of 64
+channels with linear projections; the text encoders use heads of 64 channels, SD1 with quick-GELU (OpenAI CLIP)
+and SD2 with GELU (OpenCLIP); all group norms have 32 groups. The very same code therefore reads a full SD1.5
+checkpoint and the tiny ones the tests make.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import torch
+from transformers import CLIPTextConfig
+
+from lib_sdtrain.errors import ModelLoadError
+from lib_sdtrain.models.ldm_keys import SD1_TEXT_PREFIX, SD2_TEXT_PREFIX, UNET_PREFIX, VAE_PREFIX, UNetLayout
+
+StateDict = dict[str, torch.Tensor]
+SD_VAE_SCALING_FACTOR = 0.18215
+NORM_GROUPS = 32
+TEXT_HEAD_WIDTH = 64
+
+
+def _indices(state_dict: StateDict, pattern: str) -> list[int]:
+    regex = re.compile(pattern)
+    return sorted({int(m[1]) for k in state_dict if (m := regex.match(k))})
+
+
+def _shape(state_dict: StateDict, key: str) -> torch.Size:
+    try:
+        return state_dict[key].shape
+    except KeyError:
+        raise ModelLoadError(f"Checkpoint is missing {key!r}; it is incomplete or not an SD 1.x/2.x model.") from None
+
+
+def infer_unet_config(state_dict: StateDict, version: str, v_prediction: bool = False) -> dict[str, Any]:
+    p = UNET_PREFIX
+    model_channels, in_channels = _shape(state_dict, p + "input_blocks.0.0.weight")[:2]
+    levels: list[dict[str, Any]] = [{"channels": model_channels, "attention": False, "layers": 0}]
+    for i in _indices(state_dict, re.escape(p) + r"input_blocks\.(\d+)\.")[1:]:
+        if f"{p}input_blocks.{i}.0.op.weight" in state_dict:  # a downsampler closes a level
+            levels.append({"channels": None, "attention": False, "layers": 0})
+            continue
+        level = levels[-1]
+        level["layers"] += 1
+        level["channels"] = _shape(state_dict, f"{p}input_blocks.{i}.0.out_layers.3.weight")[0]
+        level["attention"] |= f"{p}input_blocks.{i}.1.proj_in.weight" in state_dict
+
+    layers_per_block = levels[0]["layers"]
+    if any(level["layers"] != layers_per_block for level in levels):
+        raise ModelLoadError("UNet levels have different numbers of layers; this layout is not SD 1.x/2.x.")
+    channels = [int(level["channels"]) for level in levels]
+    attention = [level["attention"] for level in levels]
+
+    cross_key = next((k for k in state_dict if k.startswith(p) and k.endswith("attn2.to_k.weight")), None)
+    if cross_key is None:
+        raise ModelLoadError("UNet has no cross-attention layers; this is not an SD 1.x/2.x text-to-image UNet.")
+    first_attention = next(
+        f"{p}input_blocks.{i}.1." for i in range(1, 4) if f"{p}input_blocks.{i}.1.proj_in.weight" in state_dict
+    )
+    depth = len(_indices(state_dict, re.escape(first_attention) + r"transformer_blocks\.(\d+)\."))
+    linear_projection = state_dict[first_attention + "proj_in.weight"].ndim == 2
+
+    return {
+        "sample_size": 96 if (version == "sd2" and v_prediction) else 64,
+        "in_channels": int(in_channels),
+        "out_channels": int(_shape(state_dict, p + "out.2.weight")[0]),
+        "block_out_channels": channels,
+        "layers_per_block": layers_per_block,
+        "down_block_types": ["CrossAttnDownBlock2D" if a else "DownBlock2D" for a in attention],
+        "up_block_types": ["CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attention)],
+        "cross_attention_dim": int(state_dict[cross_key].shape[1]),
+        "transformer_layers_per_block": depth,
+        # diffusers calls SD1's head *count* attention_head_dim; SD2 has 64-channel heads.
+        "attention_head_dim": [c // 64 for c in channels] if version == "sd2" else 8,
+        "use_linear_projection": linear_projection,
+        "upcast_attention": version == "sd2",  # SD2.x overflows in fp16 attention without it
+        "norm_num_groups": NORM_GROUPS,
+    }
+
+
+def unet_layout(config: Any) -> UNetLayout:
+    """The UNet key rule's view of a diffusers UNet config (a dict or a FrozenDict)."""
+    return UNetLayout(
+        layers_per_block=int(config["layers_per_block"]),
+        up_block_has_attention=tuple(t.startswith("CrossAttn") for t in config["up_block_types"]),
+    )
+
+
+def infer_vae_config(state_dict: StateDict, scaling_factor: float = SD_VAE_SCALING_FACTOR) -> dict[str, Any]:
+    p = VAE_PREFIX
+    levels = _indices(state_dict, re.escape(p) + r"encoder\.down\.(\d+)\.")
+    if not levels:
+        raise ModelLoadError("Checkpoint has no VAE encoder weights (first_stage_model.encoder.down.*).")
+    channels = [int(_shape(state_dict, f"{p}encoder.down.{i}.block.0.conv2.weight")[0]) for i in levels]
+    return {
+        "in_channels": int(_shape(state_dict, p + "encoder.conv_in.weight")[1]),
+        "out_channels": int(_shape(state_dict, p + "decoder.conv_out.weight")[0]),
+        "down_block_types": ["DownEncoderBlock2D"] * len(levels),
+        "up_block_types": ["UpDecoderBlock2D"] * len(levels),
+        "block_out_channels": channels,
+        "layers_per_block": len(_indices(state_dict, re.escape(p) + r"encoder\.down\.0\.block\.(\d+)\.")),
+        "latent_channels": int(_shape(state_dict, p + "quant_conv.weight")[0]) // 2,
+        "norm_num_groups": NORM_GROUPS,
+        "sample_size": 512,
+        "scaling_factor": scaling_factor,
+    }
+
+
+def infer_text_config(state_dict: StateDict, version: str, token_ids: dict[str, int] | None = None) -> CLIPTextConfig:
+    """CLIPTextConfig for the text encoder. SD2 keeps one block fewer than the file has: SD2 conditions on the
+    penultimate layer, so the last block is never used (it stays in the file untouched)."""
+    if version == "sd1":
+        p = SD1_TEXT_PREFIX + "text_model."
+        vocab, hidden = _shape(state_dict, p + "embeddings.token_embedding.weight")
+        positions = _shape(state_dict, p + "embeddings.position_embedding.weight")[0]
+        layers = len(_indices(state_dict, re.escape(p) + r"encoder\.layers\.(\d+)\."))
+        intermediate = _shape(state_dict, p + "encoder.layers.0.mlp.fc1.weight")[0]
+        act, projection = "quick_gelu", 768
+    else:
+        p = SD2_TEXT_PREFIX
+        vocab, hidden = _shape(state_dict, p + "token_embedding.weight")
+        positions = _shape(state_dict, p + "positional_embedding")[0]
+        layers = len(_indices(state_dict, re.escape(p) + r"transformer\.resblocks\.(\d+)\.")) - 1
+        intermediate = _shape(state_dict, p + "transformer.resblocks.0.mlp.c_fc.weight")[0]
+        projection_key = p + "text_projection"
+        act = "gelu"
+        projection = int(state_dict[projection_key].shape[1]) if projection_key in state_dict else 512
+    if layers < 1:
+        raise ModelLoadError("Text encoder has no transformer layers.")
+    return CLIPTextConfig(
+        vocab_size=int(vocab),
+        hidden_size=int(hidden),
+        intermediate_size=int(intermediate),
+        num_hidden_layers=layers,
+        num_attention_heads=max(1, int(hidden) // TEXT_HEAD_WIDTH),
+        max_position_embeddings=int(positions),
+        hidden_act=act,
+        projection_dim=projection,
+        **(token_ids or {}),
+    )
+
+
+def scheduler_config_from_state_dict(state_dict: StateDict) -> dict[str, Any]:
+    """Training schedule from the `betas` buffer that ldm checkpoints carry; empty (SD's defaults) without it."""
+    betas = state_dict.get("betas")
+    if betas is None or betas.ndim != 1 or len(betas) < 2:
+        return {}
+    # scaled_linear interpolates sqrt(beta) linearly, so the end points are the betas themselves.
+    return {
+        "num_train_timesteps": len(betas),
+        "beta_start": round(float(betas[0]), 8),
+        "beta_end": round(float(betas[-1]), 8),
+    }
