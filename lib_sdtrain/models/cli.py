@@ -56,9 +56,8 @@ def run_inspect(args: argparse.Namespace) -> int:
         count = sum(p.numel() for p in module.parameters())
         print(f"{name + ':':<13} {type(module).__name__}, {count / 1e6:.1f}M parameters")
     unet = model.unet.config
-    print(
-        f"unet blocks:  {list(unet.block_out_channels)} x {unet.layers_per_block}, cross-attention {unet.cross_attention_dim}"
-    )
+    blocks = f"{list(unet.block_out_channels)} x {unet.layers_per_block}"
+    print(f"unet blocks:  {blocks}, cross-attention {unet.cross_attention_dim}")
     print(f"tokenizer:    {len(model.tokenizer)} tokens, max length {model.tokenizer.model_max_length}")
     if model.extra_ldm_state:
         print(f"other tensors kept for saving: {len(model.extra_ldm_state)}")

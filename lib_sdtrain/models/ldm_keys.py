@@ -68,7 +68,7 @@ def _resnet_param(rest: str) -> str:
 
 
 def unet_ldm_ref(diffusers_key: str, layout: UNetLayout) -> LdmRef:
-    """ldm key of a diffusers UNet2DConditionModel key, e.g. down_blocks.0.resnets.1.conv1.weight -> input_blocks.2.0.in_layers.2.weight."""
+    """ldm key of a diffusers UNet key: down_blocks.0.resnets.1.conv1.weight -> input_blocks.2.0.in_layers.2.weight."""
     for name, ldm in _UNET_TOP_LEVEL.items():
         if diffusers_key.startswith(name + "."):
             return LdmRef(UNET_PREFIX + ldm + diffusers_key[len(name) :])
@@ -107,7 +107,7 @@ _VAE_SIMPLE = {"conv_norm_out": "norm_out"}
 
 
 def vae_ldm_ref(diffusers_key: str, num_levels: int) -> LdmRef:
-    """ldm key of a diffusers AutoencoderKL key, e.g. decoder.up_blocks.0.resnets.0.conv1.weight -> decoder.up.3.block.0.conv1.weight."""
+    """ldm key of a diffusers VAE key: decoder.up_blocks.0.resnets.0.conv1.weight -> decoder.up.3.block.0.conv1.weight."""
     coder, _, rest = diffusers_key.partition(".")
     if coder not in ("encoder", "decoder"):  # quant_conv, post_quant_conv
         return LdmRef(VAE_PREFIX + diffusers_key)

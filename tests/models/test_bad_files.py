@@ -58,7 +58,7 @@ def test_pickle_with_code_is_refused(tmp_path, tokenizer):
         os.remove(marker)
     path = tmp_path / "evil.ckpt"
     torch.save({"state_dict": {"x": torch.zeros(1)}, "callback": _Payload()}, path)
-    with pytest.raises(ModelLoadError, match="Refusing to load evil.ckpt"):
+    with pytest.raises(ModelLoadError, match=r"Refusing to load evil\.ckpt"):
         load_sd_model(path, tokenizer=tokenizer)
     assert not os.path.exists(marker)
 
@@ -79,7 +79,7 @@ def test_sdxl_is_recognised_and_refused(tmp_path, tokenizer):
         },
         str(path),
     )
-    with pytest.raises(UnsupportedModelError, match="SDXL.*not supported yet"):
+    with pytest.raises(UnsupportedModelError, match=r"SDXL.*not supported yet"):
         load_sd_model(path, tokenizer=tokenizer)
 
 
@@ -115,7 +115,7 @@ def test_shape_mismatch_is_reported(tiny_sd_checkpoint, tmp_path, tokenizer):
 
 def test_missing_tokenizer_says_what_to_provide(tiny_sd_checkpoint, monkeypatch):
     monkeypatch.setitem(loading.CACHED_TOKENIZERS, "sd1", [("sdtrain-tests/not-cached", "")])
-    with pytest.raises(ModelLoadError, match="No CLIP tokenizer found.*sdtrain-tests/not-cached"):
+    with pytest.raises(ModelLoadError, match=r"No CLIP tokenizer found.*sdtrain-tests/not-cached"):
         load_sd_model(tiny_sd_checkpoint)
 
 

@@ -118,7 +118,7 @@ def test_save_precision_and_model_spec(tiny_sd_dir, tmp_path):
     path = save_sd_checkpoint(model, tmp_path / "half.safetensors", dtype=torch.float16, metadata={"note": "hi"})
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata()
-        dtypes = {f.get_tensor(k).dtype for k in f.keys()}
+        dtypes = {f.get_tensor(k).dtype for k in f.keys()}  # noqa: SIM118 - safe_open is not a dict
     assert dtypes == {torch.float16, torch.int64}  # int64: the text encoder's position ids
     assert meta["modelspec.architecture"] == "stable-diffusion-v1"
     assert meta["modelspec.prediction_type"] == "epsilon"
