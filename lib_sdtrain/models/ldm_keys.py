@@ -107,7 +107,7 @@ _VAE_SIMPLE = {"conv_norm_out": "norm_out"}
 
 
 def vae_ldm_ref(diffusers_key: str, num_levels: int) -> LdmRef:
-    """ldm key of a diffusers VAE key: decoder.up_blocks.0.resnets.0.conv1.weight -> decoder.up.3.block.0.conv1.weight."""
+    """ldm key of a VAE key: decoder.up_blocks.0.resnets.0.conv1.weight -> decoder.up.3.block.0.conv1.weight."""
     coder, _, rest = diffusers_key.partition(".")
     if coder not in ("encoder", "decoder"):  # quant_conv, post_quant_conv
         return LdmRef(VAE_PREFIX + diffusers_key)
