@@ -16,10 +16,13 @@ stamp="$venv/.sdtrain-deps"
 want="$(cat "$root/tests/constraints-webui.txt" "$root/tests/requirements-test.txt" "$root/pyproject.toml" | sha256sum | cut -c1-16)"
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "[sd-train] installing the WebUI v1.10.1 stack (CPU torch) into $venv"
-  "$venv/bin/python" -m pip install --quiet --upgrade "pip<25" >/dev/null
   # torch first, on its own, so that nothing else can pull a different (CUDA) build.
-  "$venv/bin/python" -m pip install --quiet torch==2.13.0 -c "$root/tests/constraints-webui.txt"
-  "$venv/bin/python" -m pip install --quiet -c "$root/tests/constraints-webui.txt" \
-    -r "$root/tests/requirements-test.txt" -e "$root"
+  pip=("$venv/bin/python" -m pip install --quiet --disable-pip-version-check -c "$root/tests/constraints-webui.txt")
+  # (this machine's pip configuration names index folders that may not exist; pip warns once per package about them)
+  run_pip() { "${pip[@]}" "$@" 2> >(grep -v "is ignored: it is neither" >&2); }
+  run_pip torch==2.13.0
+  run_pip -r "$root/tests/requirements-test.txt" -e "$root"
+  "$venv/bin/python" -c "import torch, diffusers, transformers, gradio, onnxruntime" \
+    || { echo "[sd-train] the environment is incomplete; see the pip output above" >&2; exit 1; }
   echo "$want" > "$stamp"
 fi
