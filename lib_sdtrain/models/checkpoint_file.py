@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pickle
 import re
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,10 +18,54 @@ PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 EMA_PREFIX = "model_ema."
 
 
+class LazyTensors(Mapping[str, torch.Tensor]):
+    """The tensors of a safetensors file, each read when it is asked for.
+
+    Converting a model while loading it (fp16 file -> fp32 weights) then never holds the whole file in memory
+    next to the converted model, and shapes come from the header without reading any data.
+    """
+
+    def __init__(self, path: Path, keys: list[str] | None = None) -> None:
+        from safetensors.torch import safe_open
+
+        self._file = safe_open(str(path), framework="pt")
+        self._keys = list(self._file.keys()) if keys is None else keys
+        self._key_set = set(self._keys)
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        if key not in self._key_set:
+            raise KeyError(key)
+        return self._file.get_tensor(key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._key_set
+
+    def shape(self, key: str) -> torch.Size:
+        if key not in self._key_set:
+            raise KeyError(key)
+        return torch.Size(self._file.get_slice(key).get_shape())
+
+    def without(self, prefix: str) -> LazyTensors:
+        subset = LazyTensors.__new__(LazyTensors)
+        subset._file = self._file
+        subset._keys = [k for k in self._keys if not k.startswith(prefix)]
+        subset._key_set = set(subset._keys)
+        return subset
+
+
+StateDict = Mapping[str, torch.Tensor]
+
+
 @dataclass
 class CheckpointFile:
     path: Path
-    state_dict: dict[str, torch.Tensor]
+    state_dict: StateDict
     metadata: dict[str, str] = field(default_factory=dict)
 
 
@@ -42,18 +87,19 @@ def read_checkpoint(path: str | Path, keep_ema: bool = False) -> CheckpointFile:
     else:
         raise ModelLoadError(f"Unknown model file type {path.suffix!r}: expected .safetensors or .ckpt ({path})")
     if not keep_ema:
-        state_dict = {k: v for k, v in state_dict.items() if not k.startswith(EMA_PREFIX)}
+        if isinstance(state_dict, LazyTensors):
+            state_dict = state_dict.without(EMA_PREFIX)
+        else:
+            state_dict = {k: v for k, v in state_dict.items() if not k.startswith(EMA_PREFIX)}
     return CheckpointFile(path, state_dict, metadata)
 
 
-def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def _read_safetensors(path: Path) -> tuple[LazyTensors, dict[str, str]]:
     from safetensors import SafetensorError
-    from safetensors.torch import load_file, safe_open
 
     try:
-        with safe_open(str(path), framework="pt") as f:
-            metadata = dict(f.metadata() or {})
-        return load_file(str(path)), metadata
+        tensors = LazyTensors(path)
+        return tensors, dict(tensors._file.metadata() or {})
     except SafetensorError as e:
         raise ModelLoadError(f"{path.name} is not a readable safetensors file (truncated or corrupt?): {e}") from e
     except (OSError, RuntimeError) as e:
@@ -77,7 +123,7 @@ def _read_pickle(path: Path) -> dict[str, torch.Tensor]:
     return {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
 
 
-def normalize_ldm_keys(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def normalize_ldm_keys(state_dict: StateDict) -> StateDict:
     """Bring old SD1 text-encoder keys (before transformers added `text_model.`) to today's names."""
     old = SD1_TEXT_PREFIX + "embeddings."
     if not any(k.startswith(old) for k in state_dict):
@@ -90,7 +136,7 @@ def normalize_ldm_keys(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.T
     return fixed
 
 
-def detect_sd_version(state_dict: dict[str, torch.Tensor], name: str = "checkpoint") -> str:
+def detect_sd_version(state_dict: StateDict, name: str = "checkpoint") -> str:
     """ "sd1" or "sd2" from the key layout; a clear error for everything else (SDXL, SD3, Flux, LoRA files, ...)."""
     keys = state_dict.keys()
 

@@ -16,9 +16,9 @@ import torch
 from transformers import CLIPTextConfig
 
 from lib_sdtrain.errors import ModelLoadError
+from lib_sdtrain.models.checkpoint_file import LazyTensors, StateDict
 from lib_sdtrain.models.ldm_keys import SD1_TEXT_PREFIX, SD2_TEXT_PREFIX, UNET_PREFIX, VAE_PREFIX, UNetLayout
 
-StateDict = dict[str, torch.Tensor]
 SD_VAE_SCALING_FACTOR = 0.18215
 NORM_GROUPS = 32
 TEXT_HEAD_WIDTH = 64
@@ -31,7 +31,8 @@ def _indices(state_dict: StateDict, pattern: str) -> list[int]:
 
 def _shape(state_dict: StateDict, key: str) -> torch.Size:
     try:
-        return state_dict[key].shape
+        # A lazily read file answers shapes from its header, without reading the tensor.
+        return state_dict.shape(key) if isinstance(state_dict, LazyTensors) else state_dict[key].shape
     except KeyError:
         raise ModelLoadError(f"Checkpoint is missing {key!r}; it is incomplete or not an SD 1.x/2.x model.") from None
 
@@ -62,7 +63,7 @@ def infer_unet_config(state_dict: StateDict, version: str, v_prediction: bool = 
         f"{p}input_blocks.{i}.1." for i in range(1, 4) if f"{p}input_blocks.{i}.1.proj_in.weight" in state_dict
     )
     depth = len(_indices(state_dict, re.escape(first_attention) + r"transformer_blocks\.(\d+)\."))
-    linear_projection = state_dict[first_attention + "proj_in.weight"].ndim == 2
+    linear_projection = len(_shape(state_dict, first_attention + "proj_in.weight")) == 2
 
     return {
         "sample_size": 96 if (version == "sd2" and v_prediction) else 64,
@@ -72,7 +73,7 @@ def infer_unet_config(state_dict: StateDict, version: str, v_prediction: bool = 
         "layers_per_block": layers_per_block,
         "down_block_types": ["CrossAttnDownBlock2D" if a else "DownBlock2D" for a in attention],
         "up_block_types": ["CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attention)],
-        "cross_attention_dim": int(state_dict[cross_key].shape[1]),
+        "cross_attention_dim": int(_shape(state_dict, cross_key)[1]),
         "transformer_layers_per_block": depth,
         # diffusers calls SD1's head *count* attention_head_dim; SD2 has 64-channel heads.
         "attention_head_dim": [c // 64 for c in channels] if version == "sd2" else 8,
@@ -128,7 +129,7 @@ def infer_text_config(state_dict: StateDict, version: str, token_ids: dict[str, 
         intermediate = _shape(state_dict, p + "transformer.resblocks.0.mlp.c_fc.weight")[0]
         projection_key = p + "text_projection"
         act = "gelu"
-        projection = int(state_dict[projection_key].shape[1]) if projection_key in state_dict else 512
+        projection = int(_shape(state_dict, projection_key)[1]) if projection_key in state_dict else 512
     if layers < 1:
         raise ModelLoadError("Text encoder has no transformer layers.")
     return CLIPTextConfig(

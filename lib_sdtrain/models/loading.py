@@ -21,7 +21,7 @@ from transformers import CLIPTextModel, CLIPTokenizer
 
 from lib_sdtrain.errors import ModelLoadError
 from lib_sdtrain.models import ldm_keys
-from lib_sdtrain.models.checkpoint_file import detect_sd_version, normalize_ldm_keys, read_checkpoint
+from lib_sdtrain.models.checkpoint_file import StateDict, detect_sd_version, normalize_ldm_keys, read_checkpoint
 from lib_sdtrain.models.configs import (
     SD_VAE_SCALING_FACTOR,
     infer_text_config,
@@ -33,7 +33,6 @@ from lib_sdtrain.models.configs import (
 from lib_sdtrain.models.sd_model import PredictionType, SDModel, SDVersion
 
 logger = logging.getLogger(__name__)
-StateDict = dict[str, torch.Tensor]
 
 # Where a lone checkpoint's tokenizer is looked for in the local Hugging Face cache: (repo id, subfolder).
 CACHED_TOKENIZERS: dict[str, list[tuple[str, str]]] = {
@@ -164,7 +163,7 @@ def _build(cls: Any, config: Any) -> Any:
 def _load_component(
     module: torch.nn.Module, state_dict: StateDict, ref_of, consumed: set[str], dtype: torch.dtype
 ) -> None:
-    tensors: StateDict = {}
+    tensors: dict[str, torch.Tensor] = {}
     missing, mismatched = [], []
     for key, expected in module.state_dict().items():
         ref = ref_of(key)
