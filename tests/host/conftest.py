@@ -1,0 +1,160 @@
+"""The WebUI stand-in (tests/webui_stub) as a fixture, and a model shaped like the WebUI's loaded model."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import shlex
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType, SimpleNamespace
+from typing import Any
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+STUB = ROOT / "tests" / "webui_stub"
+LORA_NETWORKS = STUB / "extensions-builtin" / "Lora" / "networks.py"
+WEBUI_MODULE_NAMES = ("modules", "networks")
+
+
+def _is_webui_module(name: str) -> bool:
+    return any(name == top or name.startswith(top + ".") for top in WEBUI_MODULE_NAMES)
+
+
+@dataclass
+class StubWebUI:
+    data_dir: Path
+    shared: ModuleType
+    sd_models: ModuleType
+    devices: ModuleType
+    call_queue: ModuleType
+    progress: ModuleType
+    script_callbacks: ModuleType
+    networks: ModuleType | None
+
+
+@pytest.fixture
+def start_webui(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., StubWebUI]]:
+    """start_webui("--listen ...", lora=True) imports the stand-in `modules` as the WebUI would have them after
+    startup (SD-Train's preload.py applied, the built-in Lora's `networks` loaded unless lora=False), with its data
+    folder in tmp_path. Everything is removed from sys.modules and sys.path afterwards."""
+    saved = {name: module for name, module in sys.modules.items() if _is_webui_module(name)}
+
+    def start(args: str = "", lora: bool = True) -> StubWebUI:
+        for name in [n for n in sys.modules if _is_webui_module(n)]:
+            del sys.modules[name]
+        data_dir = tmp_path / "webui"
+        monkeypatch.setenv("SDTRAIN_STUB_ARGS", f"--data-dir {shlex.quote(str(data_dir))} {args}")
+        monkeypatch.setenv("SDTRAIN_STUB_PRELOADS", str(ROOT / "preload.py"))
+        monkeypatch.syspath_prepend(str(STUB))
+        shared = importlib.import_module("modules.shared")
+        devices = importlib.import_module("modules.devices")
+        devices.device = shared.device = torch.device("cpu")
+        networks = None
+        if lora:
+            spec = importlib.util.spec_from_file_location("networks", LORA_NETWORKS)
+            networks = importlib.util.module_from_spec(spec)
+            sys.modules["networks"] = networks
+            spec.loader.exec_module(networks)
+        return StubWebUI(
+            data_dir=data_dir,
+            shared=shared,
+            sd_models=importlib.import_module("modules.sd_models"),
+            devices=devices,
+            call_queue=importlib.import_module("modules.call_queue"),
+            progress=importlib.import_module("modules.progress"),
+            script_callbacks=importlib.import_module("modules.script_callbacks"),
+            networks=networks,
+        )
+
+    yield start
+    for name in [n for n in sys.modules if _is_webui_module(n)]:
+        del sys.modules[name]
+    sys.modules.update(saved)
+
+
+@pytest.fixture
+def webui(start_webui) -> StubWebUI:
+    return start_webui()
+
+
+# --- a model shaped like the WebUI's -----------------------------------------------------------------------------
+
+
+class TensorTree(torch.nn.Module):
+    """Holds tensors at dotted paths, so its state_dict() has exactly the given keys."""
+
+    def put(self, key: str, tensor: torch.Tensor) -> None:
+        *path, leaf = key.split(".")
+        node: torch.nn.Module = self
+        for part in path:
+            if part not in node._modules:
+                node.add_module(part, TensorTree())
+            node = node._modules[part]
+        if tensor.is_floating_point():
+            node.register_parameter(leaf, torch.nn.Parameter(tensor, requires_grad=False))
+        else:
+            node.register_buffer(leaf, tensor)
+
+
+class FakeWebUIModel(TensorTree):
+    """The WebUI's LatentDiffusion as SD-Train sees it: ldm-layout modules with the text encoder behind the
+    WebUI's hijack wrappers (cond_stage_model.wrapped..., token_embedding.wrapped), half precision, and the
+    attributes sd_models.load_model_weights() sets. Records where it is moved."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.moves: list[Any] = []
+
+    def to(self, *args: Any, **kwargs: Any) -> FakeWebUIModel:
+        self.moves.append(args[0] if args else kwargs.get("device"))
+        return super().to(*args, **kwargs)
+
+
+def hijacked_key(ldm_key: str) -> str:
+    """The name modules/sd_hijack.py gives an SD1 text-encoder tensor while the hijack is applied."""
+    if not ldm_key.startswith("cond_stage_model."):
+        return ldm_key
+    key = "cond_stage_model.wrapped." + ldm_key[len("cond_stage_model.") :]
+    return key.replace(".token_embedding.weight", ".token_embedding.wrapped.weight")
+
+
+def make_webui_model(
+    stub: StubWebUI,
+    ldm_state_dict: dict[str, torch.Tensor],
+    tokenizer: Any,
+    checkpoint_file: Path,
+    version: str = "sd1",
+    half: bool = True,
+) -> FakeWebUIModel:
+    model = FakeWebUIModel()
+    for key, tensor in ldm_state_dict.items():
+        tensor = tensor.clone()
+        model.put(hijacked_key(key), tensor.half() if half and tensor.is_floating_point() else tensor)
+    model.cond_stage_model.wrapped.tokenizer = tokenizer
+    model.sd_checkpoint_info = stub.sd_models.CheckpointInfo(str(checkpoint_file))
+    model.sd_model_checkpoint = str(checkpoint_file)
+    model.sd_model_hash = model.sd_checkpoint_info.calculate_shorthash()
+    for flag in ("sd1", "sd2", "sdxl", "ssd", "sd3"):
+        setattr(model, f"is_{flag}", flag == version)
+    model.lowvram = False
+    model.parameterization = "eps"
+    return model
+
+
+def merge_fake_lora(model: torch.nn.Module, layer: str, scale: float = 0.5) -> SimpleNamespace:
+    """Do to one layer what the built-in Lora's network_apply_weights() does: back up weight and bias to the CPU,
+    add a delta in place, record the active network names."""
+    module = model.get_submodule(layer)
+    original = SimpleNamespace(weight=module.weight.detach().clone(), bias=module.bias.detach().clone())
+    module.network_weights_backup = module.weight.detach().to("cpu", copy=True)
+    module.network_bias_backup = module.bias.detach().to("cpu", copy=True)
+    with torch.no_grad():
+        module.weight += scale
+        module.bias += scale
+    module.network_current_names = (("my-lora", 1.0, 1.0, 1.0),)
+    return original
