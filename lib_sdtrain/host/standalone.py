@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from lib_sdtrain.errors import SDTrainError
+from lib_sdtrain.host import settings
 from lib_sdtrain.host.auth import basic_auth_dependencies
 from lib_sdtrain.host.types import GpuBusyError, LoadedCheckpoint, LoadedWeights
 from lib_sdtrain.utils.files import resolve_inside
@@ -78,7 +79,7 @@ def dtype() -> torch.dtype:
 
 
 def option(key: str, default: Any = None) -> Any:
-    return _config.options.get(key, default)
+    return _config.options.get(key, settings.default(key, default))
 
 
 @contextlib.contextmanager

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from lib_sdtrain.errors import SDTrainError, UnsupportedModelError
+from lib_sdtrain.host import settings
 from lib_sdtrain.host.auth import basic_auth_dependencies
 from lib_sdtrain.host.types import GpuBusyError, LoadedCheckpoint, LoadedWeights
 from lib_sdtrain.utils.files import resolve_inside
@@ -181,13 +182,14 @@ def dtype() -> torch.dtype:
 
 
 def option(key: str, default: Any = None) -> Any:
-    """A WebUI setting (modules/options.py: opts.data, falling back to the registered default)."""
+    """A WebUI setting (modules/options.py: opts.data, then the registered default, then SD-Train's own default from
+    host/settings.py, then `default`)."""
     from modules import shared
 
     if key in shared.opts.data:
         return shared.opts.data[key]
     info = shared.opts.data_labels.get(key)
-    return info.default if info is not None else default
+    return info.default if info is not None else settings.default(key, default)
 
 
 @contextlib.contextmanager
@@ -203,7 +205,7 @@ def free_vram_for_training(unload: bool | None = None) -> Iterator[None]:
     from modules import devices, shared
 
     if unload is None:
-        unload = bool(option("sdtrain_unload_model", True))
+        unload = bool(option("sdtrain_unload_model"))
     previous_parallel = shared.parallel_processing_allowed
     shared.parallel_processing_allowed = False
     model = _current_sd_model() if unload else None
@@ -295,7 +297,7 @@ class WebUIProgress(CallbackProgress):
         super().on_message(text)
 
     def on_image(self, image: Any, caption: str) -> None:
-        if hasattr(image, "mode") and option("sdtrain_live_preview", True):
+        if hasattr(image, "mode") and option("sdtrain_live_preview"):
             self._state.assign_current_image(image)
         super().on_image(image, caption)
 
