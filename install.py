@@ -188,7 +188,21 @@ def constraints_text(installed: Mapping[str, str]) -> str:
 
 
 def _pinnable(version: str) -> bool:
-    return bool(version) and all(ch.isalnum() or ch in ".+!-_" for ch in version)
+    """Only versions pip can parse: one invalid line would make pip reject the whole constraints file."""
+    if not version or not all(ch.isalnum() or ch in ".+!-_" for ch in version):
+        return False
+    return version_key(version)[0] == 0 or _packaging_missing()
+
+
+def _packaging_missing() -> bool:
+    try:
+        import packaging.version  # noqa: F401
+    except ImportError:
+        try:
+            import pip._vendor.packaging.version  # noqa: F401
+        except ImportError:
+            return True
+    return False
 
 
 def run_pip_install(requirements: list[str], constraints_file: str) -> None:

@@ -77,7 +77,8 @@ def loaded_model_ldm_state_dict() -> LoadedWeights | None:
     tensors of those layers. The WebUI's hijack wrappers (modules/sd_hijack.py: FrozenCLIPEmbedderWithCustomWords
     and EmbeddingsWithFixes, both holding the original as `.wrapped`) are removed from the key names.
 
-    The weights are what the WebUI runs (usually float16, VAE per --no-half-vae). When they cannot be trusted
+    The weights are what the WebUI runs (usually float16, VAE per --no-half-vae); the noise-schedule buffers come
+    from the file (see _schedule_buffers_from_file). When the weights cannot be trusted
     (fp8 storage: lossy; parts on the meta device), the checkpoint file is read instead, with SD-Train's safe
     reader (the WebUI's read_state_dict would unpickle .ckpt files without weights_only).
     """
@@ -96,8 +97,28 @@ def loaded_model_ldm_state_dict() -> LoadedWeights | None:
         from lib_sdtrain.models.checkpoint_file import read_checkpoint
 
         state_dict = read_checkpoint(checkpoint.path).state_dict
+    else:
+        state_dict = {k: v for k, v in state_dict.items() if "." in k}
+        state_dict.update(_schedule_buffers_from_file(checkpoint.path))
     tokenizer = _tokenizer_of(model)
     return LoadedWeights(state_dict=state_dict, tokenizer=tokenizer, checkpoint=checkpoint, from_file=from_file)
+
+
+def _schedule_buffers_from_file(path: Path) -> dict[str, torch.Tensor]:
+    """The noise-schedule buffers at the state dict's root (betas, alphas_cumprod, ...) as the checkpoint file has
+    them. The live ones are not the file's: model.half() rounded them, and the WebUI rewrites alphas_cumprod for
+    its sampler options (sd_models.apply_alpha_schedule_override). Read from a .safetensors header cheaply; for
+    other files they are left out and SD's standard schedule applies."""
+    if path.suffix.lower() != ".safetensors":
+        return {}
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {key: f.get_tensor(key) for key in f.keys() if "." not in key}  # noqa: SIM118 (not a dict)
+    except (OSError, RuntimeError, ValueError) as e:
+        logger.warning("SD-Train: could not read the noise schedule from %s (%s); using SD's standard one", path, e)
+        return {}
 
 
 _HIJACK_WRAPPER = re.compile(r"\.wrapped(?=\.)")

@@ -94,6 +94,25 @@ def test_weights_come_back_in_ldm_layout_without_the_active_lora(loaded, tiny_ld
     assert weights.state_dict[live_key.replace(".wrapped", "")].data_ptr() != loaded.state_dict()[live_key].data_ptr()
 
 
+def test_the_noise_schedule_comes_from_the_file_not_the_live_model(webui, tiny_ldm, tiny_model):
+    betas = torch.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=torch.float64) ** 2
+    schedule = {"betas": betas.float(), "alphas_cumprod": torch.cumprod(1 - betas, 0).float()}
+    folder = Path(webui.sd_models.model_path)
+    folder.mkdir(parents=True)
+    checkpoint = folder / "with-schedule.safetensors"
+    save_file({**tiny_ldm, **schedule}, str(checkpoint))
+    model = make_webui_model(webui, {**tiny_ldm, **schedule}, tiny_model.tokenizer, checkpoint)
+    with torch.no_grad():  # what the WebUI's "Zero Terminal SNR" option does to the live buffer
+        model.alphas_cumprod[-1] = 4.9e-08
+    webui.sd_models.model_data.set_sd_model(model)
+
+    weights = adapter.loaded_model_ldm_state_dict()
+
+    assert model.betas.dtype == torch.float16  # the live copy is rounded
+    assert torch.equal(weights.state_dict["betas"], schedule["betas"])
+    assert torch.equal(weights.state_dict["alphas_cumprod"], schedule["alphas_cumprod"])
+
+
 def test_fp8_weights_are_read_from_the_checkpoint_file_instead(loaded, webui, tiny_ldm):
     webui.devices.fp8 = True
     weights = adapter.loaded_model_ldm_state_dict()
