@@ -256,7 +256,7 @@ def gpu_lock(wait: bool = True, task_id: str | None = None) -> Iterator[None]:
     """
     from modules import call_queue
 
-    if task_id:
+    if task_id and wait:  # without waiting there is no queue to show
         from modules import progress
 
         progress.add_task_to_queue(task_id)

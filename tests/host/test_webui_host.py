@@ -184,6 +184,7 @@ def test_the_gpu_lock_is_the_webuis_generation_lock(webui):
     threading.Timer(0.2, lambda: (order.append("generation done"), release.set())).start()
     with adapter.gpu_lock(task_id="task(abc)"):
         order.append("training")
+        assert "task(abc)" in webui.progress.pending_tasks  # queued while waiting; job() starts it
     worker.join(5)
     assert order == ["generation done", "training"]
     assert webui.call_queue.queue_lock.acquire(blocking=False)  # released again
