@@ -159,13 +159,44 @@ def _lora_backups(module: torch.nn.Module) -> dict[str, torch.Tensor | None]:
 
 
 def _tokenizer_of(model: Any) -> Any:
-    """SD1's transformers CLIPTokenizer (cond_stage_model[.wrapped].tokenizer, modules/sd_hijack_clip.py). SD2 uses
-    open_clip's tokenizer, not a transformers one: None, and the loader finds an equivalent CLIPTokenizer."""
+    """SD1: the model's transformers CLIPTokenizer (cond_stage_model[.wrapped].tokenizer, modules/sd_hijack_clip.py).
+    SD2: the WebUI tokenizes with open_clip's (see _openclip_tokenizer_as_clip). None when neither is there; the
+    loader then looks for a tokenizer itself."""
     from transformers import PreTrainedTokenizerBase
 
     cond = getattr(model, "cond_stage_model", None)
     tokenizer = getattr(getattr(cond, "wrapped", cond), "tokenizer", None)
-    return tokenizer if isinstance(tokenizer, PreTrainedTokenizerBase) else None
+    if isinstance(tokenizer, PreTrainedTokenizerBase):
+        return tokenizer
+    return _openclip_tokenizer_as_clip() if _model_version(model) == "sd2" else None
+
+
+def _openclip_tokenizer_as_clip() -> Any:
+    """open_clip's SimpleTokenizer (open_clip.tokenizer._tokenizer, used by ldm's FrozenOpenCLIPEmbedder and
+    modules/sd_hijack_open_clip.py) rebuilt as the transformers CLIPTokenizer that SD2's diffusers models ship:
+    the same BPE vocabulary and merges, "!" (id 0, open_clip's padding) as the pad token. Offline: open_clip
+    carries its vocabulary file."""
+    try:
+        from open_clip import tokenizer as open_clip_tokenizer
+    except Exception:
+        return None
+    simple = getattr(open_clip_tokenizer, "_tokenizer", None)
+    encoder, ranks = getattr(simple, "encoder", None), getattr(simple, "bpe_ranks", None)
+    if not encoder or not ranks:
+        return None
+    import json
+    import tempfile
+
+    from transformers import CLIPTokenizer
+
+    specials = {"<start_of_text>": "<|startoftext|>", "<end_of_text>": "<|endoftext|>"}
+    vocab = {specials.get(token, token): index for token, index in encoder.items()}
+    merges = [" ".join(pair) for pair, _ in sorted(ranks.items(), key=lambda item: item[1])]
+    with tempfile.TemporaryDirectory(prefix="sdtrain-openclip-") as tmp:
+        vocab_file, merges_file = Path(tmp) / "vocab.json", Path(tmp) / "merges.txt"
+        vocab_file.write_text(json.dumps(vocab), encoding="utf-8")
+        merges_file.write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
+        return CLIPTokenizer(str(vocab_file), str(merges_file), pad_token="!", model_max_length=77)
 
 
 def load_webui_model(dtype: torch.dtype = torch.float32):

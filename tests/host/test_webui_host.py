@@ -362,3 +362,45 @@ def test_a_slow_generation_does_not_block_forever_when_not_waiting(webui):
     with webui.call_queue.queue_lock, pytest.raises(host.GpuBusyError), adapter.gpu_lock(wait=False):
         pass
     assert time.monotonic() - start < 1
+
+
+def test_sd2_in_the_webui_trains_with_open_clips_vocabulary(webui, tiny_sd2_dir, monkeypatch):
+    """SD2's text encoder tokenizes with open_clip's SimpleTokenizer in the WebUI; the host hands over the same
+    BPE as a transformers CLIPTokenizer. Here open_clip's tokenizer is built from the tiny SD2 model's files."""
+    import json
+    import sys
+    from types import ModuleType, SimpleNamespace
+
+    sd2 = load_sd_model(tiny_sd2_dir)
+    vocab = json.loads((tiny_sd2_dir / "tokenizer" / "vocab.json").read_text())
+    merges = (tiny_sd2_dir / "tokenizer" / "merges.txt").read_text().strip().split("\n")[1:]
+    open_clip_names = {"<|startoftext|>": "<start_of_text>", "<|endoftext|>": "<end_of_text>"}
+    simple_tokenizer = SimpleNamespace(
+        encoder={open_clip_names.get(t, t): i for t, i in vocab.items()},
+        bpe_ranks={tuple(m.split()): rank for rank, m in enumerate(merges)},
+    )
+    open_clip = ModuleType("open_clip")
+    open_clip.tokenizer = ModuleType("open_clip.tokenizer")
+    open_clip.tokenizer._tokenizer = simple_tokenizer
+    monkeypatch.setitem(sys.modules, "open_clip", open_clip)
+    monkeypatch.setitem(sys.modules, "open_clip.tokenizer", open_clip.tokenizer)
+
+    folder = Path(webui.sd_models.model_path)
+    folder.mkdir(parents=True)
+    checkpoint = folder / "tiny-v.safetensors"
+    ldm = {k: v.contiguous() for k, v in sd_model_to_ldm(sd2).items()}
+    save_file(ldm, str(checkpoint))
+    model = make_webui_model(webui, ldm, None, checkpoint, version="sd2")
+    model.parameterization = "v"
+    webui.sd_models.model_data.set_sd_model(model)
+
+    weights = adapter.loaded_model_ldm_state_dict()
+    assert weights.checkpoint.is_sd2 and weights.checkpoint.prediction_type == "v_prediction"
+    assert weights.tokenizer.pad_token == "!" and weights.tokenizer.convert_tokens_to_ids("!") == 0
+    for text in ("a photo of sks", "the red dog in style"):
+        assert weights.tokenizer(text).input_ids == sd2.tokenizer(text).input_ids
+
+    trained_from = adapter.load_webui_model()
+    assert (trained_from.version, trained_from.prediction_type) == ("sd2", "v_prediction")
+    for name, tensor in sd2.text_encoder.state_dict().items():
+        assert torch.equal(trained_from.text_encoder.state_dict()[name], tensor.half().to(tensor.dtype)), name
