@@ -27,6 +27,7 @@ PREFIX = "[SD-Train]"
 # that works there (verified: txt2img, img2img, save/load on transformers 4.30.2). Newer transformers do not raise
 # this cap, SD-Train is tested up to 0.31. The one thing that decides between our candidates is huggingface_hub:
 # 0.31.0 needs >=0.23.2, while 0.27.x needs <0.26 (it imports names removed in 0.26). First match wins.
+SUPPORTED_DIFFUSERS = ("0.27", "0.32")
 DIFFUSERS_CANDIDATES: list[tuple[str, dict[str, tuple[str | None, str | None]]]] = [
     ("0.31.0", {"huggingface_hub": ("0.23.2", None)}),
     ("0.27.2", {"huggingface_hub": ("0.20.2", "0.26")}),
@@ -125,7 +126,20 @@ def plan_install(installed: Mapping[str, str], cuda: bool) -> InstallPlan:
                 "Update the WebUI, or install diffusers 0.31.0 together with huggingface_hub>=0.23.2 yourself."
             )
 
-    if not any(normalize(build) in have for build in ONNXRUNTIME_BUILDS):
+    elif not in_range(have["diffusers"], SUPPORTED_DIFFUSERS[0], SUPPORTED_DIFFUSERS[1]):
+        plan.problems.append(
+            f"diffusers {have['diffusers']} is installed (by the WebUI or another extension); SD-Train works with "
+            f"{SUPPORTED_DIFFUSERS[0]} up to below {SUPPORTED_DIFFUSERS[1]}. It is left as it is; if SD-Train fails "
+            "to start, ask the other extension's author, or install diffusers==0.31.0."
+        )
+
+    onnx_builds = [build for build in ONNXRUNTIME_BUILDS if normalize(build) in have]
+    if len(onnx_builds) > 1:
+        plan.problems.append(
+            f"Several ONNX Runtime builds are installed ({', '.join(onnx_builds)}). They share one module, so the "
+            "last one installed wins, often the CPU build. Keep one, e.g.: python -m pip uninstall onnxruntime"
+        )
+    if not onnx_builds:
         package = "onnxruntime-gpu" if cuda else "onnxruntime"
         protobuf = have.get("protobuf")
         if protobuf is not None and not in_range(protobuf, PROTOBUF_NEEDED_BY_NEWER_ONNXRUNTIME, None):

@@ -98,3 +98,17 @@ def test_main_never_raises(install_module, monkeypatch, capsys):
 def test_env_var_skips(install_module, monkeypatch, value):
     monkeypatch.setenv("SDTRAIN_SKIP_INSTALL", value)
     assert install_module.skip_reason() == "SDTRAIN_SKIP_INSTALL is set"
+
+
+def test_an_unsupported_diffusers_is_reported_and_left_alone(install_module):
+    plan = install_module.plan_install({**WEBUI, "diffusers": "0.35.1", "onnxruntime": "1.26.0"}, cuda=False)
+    assert plan.requirements == []
+    assert "diffusers 0.35.1 is installed" in plan.problems[0]
+
+
+def test_two_onnxruntime_builds_are_reported(install_module):
+    plan = install_module.plan_install(
+        {**WEBUI, "diffusers": "0.31.0", "onnxruntime": "1.26.0", "onnxruntime-gpu": "1.26.0"}, cuda=True
+    )
+    assert plan.requirements == []
+    assert "onnxruntime, onnxruntime-gpu" in plan.problems[0]
