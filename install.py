@@ -125,7 +125,6 @@ def plan_install(installed: Mapping[str, str], cuda: bool) -> InstallPlan:
                 f"diffusers: no version SD-Train supports (0.27-0.31) works with the installed huggingface_hub {hub}. "
                 "Update the WebUI, or install diffusers 0.31.0 together with huggingface_hub>=0.23.2 yourself."
             )
-
     elif not in_range(have["diffusers"], SUPPORTED_DIFFUSERS[0], SUPPORTED_DIFFUSERS[1]):
         plan.problems.append(
             f"diffusers {have['diffusers']} is installed (by the WebUI or another extension); SD-Train works with "
@@ -242,7 +241,7 @@ def main(
     try:
         if skip_reason():
             return 0
-        installed = installed_fn()
+        installed = {normalize(name): version for name, version in installed_fn().items()}
         needs_onnx_choice = not any(normalize(b) in installed for b in ONNXRUNTIME_BUILDS)
         plan = plan_install(installed, cuda=cuda_fn() if needs_onnx_choice else False)
         for problem in plan.problems:
