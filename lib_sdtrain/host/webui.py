@@ -77,7 +77,8 @@ def loaded_model_ldm_state_dict() -> LoadedWeights | None:
     tensors of those layers. The WebUI's hijack wrappers (modules/sd_hijack.py: FrozenCLIPEmbedderWithCustomWords
     and EmbeddingsWithFixes, both holding the original as `.wrapped`) are removed from the key names.
 
-    The weights are what the WebUI runs (usually float16, VAE per --no-half-vae); the noise-schedule buffers come
+    The weights are what the WebUI runs (usually float16, VAE per --no-half-vae; the VAE is the one selected in the
+    WebUI, which may be a separate VAE file rather than the checkpoint's); the noise-schedule buffers come
     from the file (see _schedule_buffers_from_file). When the weights cannot be trusted
     (fp8 storage: lossy; parts on the meta device), the checkpoint file is read instead, with SD-Train's safe
     reader (the WebUI's read_state_dict would unpickle .ckpt files without weights_only).
