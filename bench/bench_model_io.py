@@ -46,13 +46,13 @@ def measure(kind: str, checkpoint: Path, config: Path) -> dict:
 import json, resource, sys, time
 sys.path.insert(0, {str(ROOT)!r})
 import torch
-started = time.perf_counter()
+from diffusers import StableDiffusionPipeline
+from lib_sdtrain.models.loading import load_sd_model
+started = time.perf_counter()  # imports excluded: both sides import the same libraries
 if {kind!r} == "ours":
-    from lib_sdtrain.models.loading import load_sd_model
     model = load_sd_model({str(checkpoint)!r}, tokenizer={str(config / "tokenizer")!r})
     params = sum(p.numel() for m in (model.unet, model.vae, model.text_encoder) for p in m.parameters())
 else:
-    from diffusers import StableDiffusionPipeline
     pipe = StableDiffusionPipeline.from_single_file({str(checkpoint)!r}, config={str(config)!r},
         local_files_only=True, safety_checker=None, torch_dtype=torch.float32)
     params = sum(p.numel() for m in (pipe.unet, pipe.vae, pipe.text_encoder) for p in m.parameters())
