@@ -19,6 +19,7 @@ from lib_sdtrain.errors import Cancelled, SDTrainError
 # "module:function" pairs, in the order the pipeline runs.
 COMMANDS: list[str] = [
     "lib_sdtrain.models.cli:register_cli",
+    "lib_sdtrain.prepare.cli:register_cli",
 ]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_CANCELLED = 0, 1, 2, 130

@@ -1,0 +1,217 @@
+"""`sdtrain merge`, `sdtrain buckets` and `sdtrain report`: the tutorial's merge_all_to_metadata.py and
+prepare_buckets_latents.py steps with the same arguments, plus the dataset health report."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from lib_sdtrain.dataset.images import MAX_IMAGE_PIXELS
+
+
+def register_cli(subparsers: argparse._SubParsersAction) -> None:
+    merge = subparsers.add_parser(
+        "merge",
+        help="merge caption and tag files into meta_clean.json (kohya's metadata)",
+        description="Collect <image>.caption (caption) and <image>.txt (tags) files into kohya's metadata JSON, "
+        "merging into an existing file. Like merge_all_to_metadata.py.",
+    )
+    merge.add_argument("train_data_dir", type=Path, help="folder with the images and their caption/tag files")
+    merge.add_argument("out_json", type=Path, help="metadata file to write, e.g. meta_clean.json")
+    merge.add_argument("--in_json", type=Path, help="metadata to merge into (default: out_json when it exists)")
+    merge.add_argument("--full_path", action="store_true", help="key images by path, not by file name")
+    merge.add_argument("--recursive", action="store_true", help="also look in sub-folders (needs --full_path)")
+    merge.add_argument("--clean_caption", action="store_true", help="apply kohya's caption and tag cleaning rules")
+    merge.add_argument("--caption_extension", default=".caption", help="caption file extension (.caption)")
+    merge.add_argument("--tag_extension", default=".txt", help="tag file extension (.txt)")
+    merge.add_argument("--debug", action="store_true", help="print every entry")
+    merge.set_defaults(handler=run_merge)
+
+    buckets = subparsers.add_parser(
+        "buckets",
+        help="assign aspect-ratio buckets and cache VAE latents (meta_lat.json + .npz)",
+        description="Assign each image to an aspect-ratio bucket, encode it with the model's VAE and write "
+        "<image>.npz latents and meta_lat.json with train_resolution, as prepare_buckets_latents.py does. "
+        "Ends with the dataset report.",
+    )
+    buckets.add_argument("train_data_dir", type=Path, help="folder with the images")
+    buckets.add_argument("in_json", type=Path, help="metadata to read, e.g. meta_clean.json")
+    buckets.add_argument("out_json", type=Path, help="metadata to write, e.g. meta_lat.json")
+    buckets.add_argument("model", help="model with the VAE: .safetensors/.ckpt, diffusers folder, VAE file or hub id")
+    _add_bucket_arguments(buckets)
+    buckets.add_argument("--batch_size", type=int, default=1, help="images per VAE call (1)")
+    buckets.add_argument(
+        "--mixed_precision", choices=("no", "fp16", "bf16"), default="no", help="VAE precision (no = float32)"
+    )
+    buckets.add_argument("--flip_aug", action="store_true", help="also cache latents of the mirrored images")
+    buckets.add_argument(
+        "--skip_existing", action="store_true", help="keep .npz files that already have the right shape"
+    )
+    buckets.add_argument("--seed", type=int, default=0, help="seed of the latent samples (0)")
+    buckets.add_argument("--v2", action="store_true", help=argparse.SUPPRESS)  # kohya accepts and ignores it
+    buckets.set_defaults(handler=run_buckets)
+
+    report = subparsers.add_parser(
+        "report",
+        help="check a dataset: unreadable, upscaled and duplicate images, long captions, bucket histogram",
+        description="Check every image without encoding anything; write <metadata>.report.txt and "
+        "<metadata>.buckets.png next to the metadata (or dataset.* in the image folder) and print the summary.",
+    )
+    report.add_argument("train_data_dir", type=Path, help="folder with the images")
+    report.add_argument(
+        "metadata", type=Path, nargs="?", help="metadata JSON to take texts from (default: the caption/tag files)"
+    )
+    _add_bucket_arguments(report)
+    report.add_argument("--caption_extension", default=".caption", help="caption file extension (.caption)")
+    report.add_argument("--tag_extension", default=".txt", help="tag file extension (.txt)")
+    report.add_argument("--model", help="count tokens with this model folder's tokenizer")
+    report.set_defaults(handler=run_report)
+
+
+def _add_bucket_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--max_resolution", default="512,512", metavar="W,H", help="largest training area (512,512)")
+    parser.add_argument("--min_bucket_reso", type=int, default=256, help="smallest bucket side (256)")
+    parser.add_argument("--max_bucket_reso", type=int, default=1024, help="largest bucket side (1024)")
+    parser.add_argument("--bucket_reso_steps", type=int, default=64, help="bucket sides are multiples of this (64)")
+    parser.add_argument(
+        "--bucket_no_upscale", action="store_true", help="bucket from each image's own size; never enlarge"
+    )
+    parser.add_argument("--full_path", action="store_true", help="metadata keys are image paths")
+    parser.add_argument("--recursive", action="store_true", help="also look in sub-folders (needs --full_path)")
+    parser.add_argument(
+        "--max_data_loader_n_workers", type=int, default=0, metavar="N", help="threads that open images ahead (0)"
+    )
+    parser.add_argument("--tokenizer", help="CLIP tokenizer folder for exact token counts in the report")
+    parser.add_argument(
+        "--max_image_pixels",
+        type=int,
+        default=MAX_IMAGE_PIXELS,
+        metavar="N",
+        help="refuse larger images (decompression bombs)",
+    )
+
+
+def _bucket_settings(args: argparse.Namespace):
+    from lib_sdtrain.prepare.buckets import BucketSettings, parse_resolution
+
+    return BucketSettings(
+        max_resolution=parse_resolution(args.max_resolution),
+        min_bucket_reso=args.min_bucket_reso,
+        max_bucket_reso=args.max_bucket_reso,
+        bucket_reso_steps=args.bucket_reso_steps,
+        no_upscale=args.bucket_no_upscale,
+    )
+
+
+def _tokenizer(spec: str | None, model: str | None) -> Any:
+    """The tokenizer asked for, else the one inside a diffusers model folder, else None (token counts estimated)."""
+    from lib_sdtrain.models.loading import resolve_tokenizer
+
+    if spec:
+        return resolve_tokenizer(spec, "sd1")
+    if model and (Path(model) / "tokenizer" / "vocab.json").is_file():
+        return resolve_tokenizer(None, "sd1", search_dir=Path(model))
+    return None
+
+
+# --- handlers --------------------------------------------------------------------------------------------------------
+
+
+def run_merge(args: argparse.Namespace) -> int:
+    from lib_sdtrain.dataset.metadata import MergeOptions, merge_to_file
+    from lib_sdtrain.utils.progress import TqdmProgress
+
+    options = MergeOptions(
+        full_path=args.full_path,
+        recursive=args.recursive,
+        caption_extension=args.caption_extension,
+        tag_extension=args.tag_extension,
+        clean=args.clean_caption,
+    )
+    result = merge_to_file(args.train_data_dir, args.out_json, options, in_json=args.in_json, progress=TqdmProgress())
+    if args.debug:
+        for key, entry in result.metadata.items():
+            print(f"{key}: caption={entry.get('caption')!r} tags={entry.get('tags')!r}")
+    print(result.summary())
+    print(f"wrote {args.out_json} ({len(result.metadata)} entries)")
+    return 0
+
+
+def run_buckets(args: argparse.Namespace) -> int:
+    import torch
+
+    from lib_sdtrain.models.loading import load_vae
+    from lib_sdtrain.prepare.latents import LatentCacheOptions, cache_latents
+    from lib_sdtrain.prepare.report import build_report
+    from lib_sdtrain.utils.progress import TqdmProgress
+
+    options = LatentCacheOptions(
+        buckets=_bucket_settings(args),
+        batch_size=args.batch_size,
+        workers=args.max_data_loader_n_workers,
+        full_path=args.full_path,
+        recursive=args.recursive,
+        flip_aug=args.flip_aug,
+        skip_existing=args.skip_existing,
+        seed=args.seed,
+        max_pixels=args.max_image_pixels,
+    )
+    options.buckets.validate()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.mixed_precision]
+    if dtype == torch.float16 and device.type == "cpu":
+        print("note: fp16 is for GPUs; encoding in float32 on the CPU")
+        dtype = torch.float32
+    vae = load_vae(args.model, dtype=dtype).to(device).eval()
+    print(f"VAE from {args.model} on {device} ({str(dtype).removeprefix('torch.')})")
+
+    result = cache_latents(args.train_data_dir, args.in_json, args.out_json, vae, options, TqdmProgress())
+    report = build_report(
+        args.train_data_dir,
+        result.records,
+        options.buckets,
+        metadata=result.metadata,
+        tokenizer=_tokenizer(args.tokenizer, args.model),
+        warnings=result.notes,
+    )
+    text_path, png_path = report.write(args.out_json.parent, args.out_json.stem)
+    print(report.summary())
+    print(
+        f"latents: {result.encoded} written, {result.skipped_existing} already cached; "
+        f"{len(result.added_keys)} image(s) had no metadata entry (added with train_resolution only)"
+    )
+    print(f"wrote {args.out_json}, {text_path.name}, {png_path.name}")
+    return 0
+
+
+def run_report(args: argparse.Namespace) -> int:
+    from lib_sdtrain.dataset.metadata import load_metadata
+    from lib_sdtrain.prepare.report import build_report, scan_dataset
+    from lib_sdtrain.utils.progress import TqdmProgress
+
+    settings = _bucket_settings(args)
+    metadata = load_metadata(args.metadata) if args.metadata else None
+    records = scan_dataset(
+        args.train_data_dir,
+        settings,
+        full_path=args.full_path,
+        recursive=args.recursive,
+        workers=args.max_data_loader_n_workers,
+        max_pixels=args.max_image_pixels,
+        progress=TqdmProgress(),
+    )
+    report = build_report(
+        args.train_data_dir,
+        records,
+        settings,
+        metadata=metadata,
+        caption_extension=args.caption_extension,
+        tag_extension=args.tag_extension,
+        tokenizer=_tokenizer(args.tokenizer, args.model),
+    )
+    folder, name = (args.metadata.parent, args.metadata.stem) if args.metadata else (args.train_data_dir, "dataset")
+    text_path, png_path = report.write(folder, name)
+    print(report.summary())
+    print(f"wrote {text_path} and {png_path}")
+    return 0

@@ -1,0 +1,264 @@
+"""The dataset health report: what will train, what will not, and what might train badly.
+
+Counts, unreadable files with reasons, upscaled images (smaller than their bucket), byte-identical duplicates,
+training texts longer than CLIP's 75 tokens, and the bucket histogram as a PNG. Written next to the metadata as
+`<name>.report.txt` and `<name>.buckets.png`; the CLI prints the summary.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, ImageDraw, ImageFont
+
+from lib_sdtrain.dataset.images import MAX_IMAGE_PIXELS, list_images
+from lib_sdtrain.dataset.metadata import Metadata, check_recursive_keys, image_key, read_caption_file
+from lib_sdtrain.prepare.buckets import BucketAssigner, BucketSettings, Size
+from lib_sdtrain.prepare.scan import ImageRecord, inspect_image, prefetch
+from lib_sdtrain.utils.files import atomic_path, atomic_write_text
+from lib_sdtrain.utils.progress import Progress
+
+MAX_TOKENS = 75  # CLIP's 77 positions minus the begin/end tokens
+
+
+class TokenCounter:
+    """Tokens of a training text: exact with a CLIP tokenizer, otherwise an estimate that says so."""
+
+    def __init__(self, tokenizer: Any = None) -> None:
+        self.tokenizer = tokenizer
+        self.label = (
+            "CLIP tokens"
+            if tokenizer is not None
+            else "estimated tokens (no tokenizer given: words + punctuation marks; CLIP can need more)"
+        )
+
+    def count(self, text: str) -> int:
+        if self.tokenizer is not None:
+            return len(self.tokenizer(text, add_special_tokens=False, truncation=False, verbose=False).input_ids)
+        return len(re.findall(r"\w+|[^\w\s]", text))
+
+
+def training_text(entry: dict[str, Any]) -> str:
+    """What kohya's fine-tuning trains on: caption, then ", " and the tags when there are tags."""
+    caption, tags = entry.get("caption"), entry.get("tags")
+    if caption is None:
+        return tags or ""
+    return f"{caption}, {tags}" if tags else caption
+
+
+@dataclass
+class DatasetReport:
+    train_dir: Path
+    records: list[ImageRecord]
+    settings: BucketSettings
+    token_label: str = ""
+    without_caption: list[str] = field(default_factory=list)
+    without_tags: list[str] = field(default_factory=list)
+    long_texts: list[tuple[str, int]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def readable(self) -> list[ImageRecord]:
+        return [r for r in self.records if r.error is None]
+
+    @property
+    def unreadable(self) -> list[ImageRecord]:
+        return [r for r in self.records if r.error is not None]
+
+    @property
+    def upscaled(self) -> list[ImageRecord]:
+        return [r for r in self.readable if r.upscaled]
+
+    @property
+    def duplicates(self) -> list[list[ImageRecord]]:
+        groups: defaultdict[str, list[ImageRecord]] = defaultdict(list)
+        for record in self.records:
+            if record.sha256:
+                groups[record.sha256].append(record)
+        return [group for group in groups.values() if len(group) > 1]
+
+    @property
+    def bucket_counts(self) -> Counter[Size]:
+        return Counter(r.choice.bucket for r in self.readable if r.choice is not None)
+
+    def summary(self) -> str:
+        s = self.settings
+        mode = "no upscale" if s.no_upscale else f"{s.min_bucket_reso}-{s.max_bucket_reso}"
+        lines = [
+            f"Dataset report for {self.train_dir}",
+            f"images: {len(self.records)} found, {len(self.readable)} usable, {len(self.unreadable)} unreadable",
+            f"buckets: {len(self.bucket_counts)} used (max resolution {s.max_resolution[0]}x{s.max_resolution[1]}, "
+            f"{mode}, step {s.bucket_reso_steps})",
+        ]
+        for bucket, count in sorted(self.bucket_counts.items(), key=lambda kv: (kv[0][0] / kv[0][1], kv[0])):
+            lines.append(f"  {bucket[0]:>5}x{bucket[1]:<5} {count}")
+        if self.readable:
+            mean_error = sum(abs(r.choice.ar_error) for r in self.readable if r.choice) / len(self.readable)
+            lines.append(f"mean aspect-ratio error: {mean_error:.4f}")
+        lines.append(f"without a caption: {len(self.without_caption)}, without tags: {len(self.without_tags)}")
+        _list(lines, "unreadable (left out)", [f"{r.path.name}: {r.error}" for r in self.unreadable])
+        _list(
+            lines,
+            "smaller than their bucket (upscaled)",
+            [
+                f"{r.path.name}: {r.size[0]}x{r.size[1]} -> bucket {r.choice.bucket[0]}x{r.choice.bucket[1]}"
+                for r in self.upscaled
+                if r.size and r.choice
+            ],
+        )
+        _list(
+            lines,
+            "exact duplicates (identical file bytes)",
+            [", ".join(r.path.name for r in group) for group in self.duplicates],
+        )
+        _list(
+            lines,
+            f"training texts over {MAX_TOKENS} tokens (the rest is cut off; counted in {self.token_label})",
+            [f"{key}: {count}" for key, count in self.long_texts],
+        )
+        _list(lines, "warnings", self.warnings)
+        return "\n".join(lines)
+
+    def write(self, folder: Path, name: str) -> tuple[Path, Path]:
+        """Write `<name>.report.txt` and `<name>.buckets.png` into `folder` (atomically)."""
+        text_path = folder / f"{name}.report.txt"
+        png_path = folder / f"{name}.buckets.png"
+        atomic_write_text(text_path, self.summary() + "\n")
+        chart = draw_bucket_histogram(self.bucket_counts, f"{len(self.readable)} images in {self.train_dir.name}")
+        with atomic_path(png_path) as tmp:
+            chart.save(tmp, format="PNG")
+        return text_path, png_path
+
+
+def _list(lines: list[str], title: str, items: list[str], limit: int = 50) -> None:
+    lines.append(f"{title}: {len(items)}")
+    lines.extend(f"  {item}" for item in items[:limit])
+    if len(items) > limit:
+        lines.append(f"  ... and {len(items) - limit} more")
+
+
+# --- building a report -----------------------------------------------------------------------------------------------
+
+
+def build_report(
+    train_dir: Path,
+    records: list[ImageRecord],
+    settings: BucketSettings,
+    *,
+    metadata: Metadata | None = None,
+    caption_extension: str = ".caption",
+    tag_extension: str = ".txt",
+    tokenizer: Any = None,
+    warnings: list[str] | None = None,
+) -> DatasetReport:
+    """Texts come from `metadata` when given, else from the caption/tag files beside the images."""
+    counter = TokenCounter(tokenizer)
+    report = DatasetReport(Path(train_dir), records, settings, token_label=counter.label, warnings=list(warnings or []))
+    for record in report.readable:
+        entry = (
+            metadata.get(record.key, {})
+            if metadata is not None
+            else _sidecar_entry(record.path, caption_extension, tag_extension, report.warnings)
+        )
+        if not entry.get("caption"):
+            report.without_caption.append(record.key)
+        if not entry.get("tags"):
+            report.without_tags.append(record.key)
+        tokens = counter.count(training_text(entry))
+        if tokens > MAX_TOKENS:
+            report.long_texts.append((record.key, tokens))
+    return report
+
+
+def _sidecar_entry(image: Path, caption_extension: str, tag_extension: str, warnings: list[str]) -> dict[str, str]:
+    entry = {}
+    for name, extension in (("caption", caption_extension), ("tags", tag_extension)):
+        path = image.with_suffix(extension)
+        if path.is_file():
+            entry[name], warning = read_caption_file(path)
+            if warning:
+                warnings.append(warning)
+    return entry
+
+
+def scan_dataset(
+    train_dir: str | Path,
+    settings: BucketSettings,
+    *,
+    full_path: bool = False,
+    recursive: bool = False,
+    workers: int = 0,
+    max_pixels: int = MAX_IMAGE_PIXELS,
+    progress: Progress | None = None,
+) -> list[ImageRecord]:
+    """Open every image and assign its bucket, without encoding anything."""
+    check_recursive_keys(recursive, full_path)
+    progress = progress or Progress()
+    assigner = BucketAssigner(settings)
+    images = list_images(train_dir, recursive)
+
+    def inspect(path: Path) -> ImageRecord:
+        return inspect_image(path, image_key(path, full_path), assigner, max_pixels=max_pixels)[0]
+
+    records = []
+    progress.start(len(images), "checking images")
+    try:
+        for record in prefetch(images, inspect, workers):
+            progress.check_cancelled()
+            records.append(record)
+            if record.error:
+                progress.message(f"unreadable: {record.path}: {record.error}")
+            progress.advance(1)
+    finally:
+        progress.finish()
+    return records
+
+
+# --- the histogram ---------------------------------------------------------------------------------------------------
+
+_BACKGROUND, _INK, _MUTED, _BAR = (255, 255, 255), (30, 30, 30), (110, 110, 110), (66, 133, 244)
+
+
+def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    for name in ("DejaVuSans.ttf", "Arial.ttf", "arial.ttf", "Helvetica.ttc"):
+        try:
+            return ImageFont.truetype(name, size)
+        except OSError:
+            continue
+    return ImageFont.load_default()
+
+
+def draw_bucket_histogram(counts: Counter[Size] | dict[Size, int], title: str) -> Image.Image:
+    """One row per used bucket, portrait to landscape: the bucket's shape, its size, a bar and the count."""
+    rows = sorted(counts.items(), key=lambda kv: (kv[0][0] / kv[0][1], kv[0]))
+    font, small = _font(16), _font(13)
+    row_h, icon_box, label_w, bar_w, margin, top = 30, 24, 110, 420, 16, 56
+    width = margin * 2 + icon_box + 10 + label_w + bar_w + 60
+    height = top + max(len(rows), 1) * row_h + margin + 20
+    image = Image.new("RGB", (width, height), _BACKGROUND)
+    draw = ImageDraw.Draw(image)
+    draw.text((margin, 12), f"Aspect-ratio buckets: {title}", fill=_INK, font=font)
+    draw.text((margin, 34), "bucket (W x H)    images", fill=_MUTED, font=small)
+    if not rows:
+        draw.text((margin, top + 6), "no usable images", fill=_MUTED, font=font)
+        return image
+    peak = max(count for _, count in rows)
+    for i, ((w, h), count) in enumerate(rows):
+        y = top + i * row_h
+        scale = icon_box / max(w, h)
+        iw, ih = max(2, round(w * scale)), max(2, round(h * scale))
+        ix, iy = margin + (icon_box - iw) // 2, y + (row_h - ih) // 2
+        draw.rectangle((ix, iy, ix + iw, iy + ih), outline=_MUTED, width=1)
+        x = margin + icon_box + 10
+        draw.text((x, y + 6), f"{w} x {h}", fill=_INK, font=font)
+        x += label_w
+        length = max(2, round(bar_w * count / peak))
+        draw.rectangle((x, y + 6, x + length, y + row_h - 6), fill=_BAR)
+        draw.text((x + length + 6, y + 6), str(count), fill=_INK, font=font)
+    total = sum(count for _, count in rows)
+    draw.text((margin, height - margin - 14), f"{total} images in {len(rows)} buckets", fill=_MUTED, font=small)
+    return image
