@@ -242,7 +242,8 @@ def draw_bucket_histogram(counts: Counter[Size] | dict[Size, int], title: str) -
     image = Image.new("RGB", (width, height), _BACKGROUND)
     draw = ImageDraw.Draw(image)
     draw.text((margin, 12), f"Aspect-ratio buckets: {title}", fill=_INK, font=font)
-    draw.text((margin, 34), "bucket (W x H)    images", fill=_MUTED, font=small)
+    draw.text((margin + icon_box + 10, 34), "bucket (W x H)", fill=_MUTED, font=small)
+    draw.text((margin + icon_box + 10 + label_w, 34), "images", fill=_MUTED, font=small)
     if not rows:
         draw.text((margin, top + 6), "no usable images", fill=_MUTED, font=font)
         return image

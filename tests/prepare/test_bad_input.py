@@ -1,0 +1,149 @@
+"""The bad-input corpus through merge, latent caching and the report: every odd file gets a clear line, nothing
+crashes, nothing already written is lost."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from lib_sdtrain.cli import main
+from lib_sdtrain.dataset.metadata import MergeOptions, merge_to_file
+from lib_sdtrain.errors import DatasetError
+from lib_sdtrain.prepare.buckets import BucketSettings
+from lib_sdtrain.prepare.latents import LatentCacheOptions, cache_latents
+from lib_sdtrain.prepare.report import TokenCounter, build_report, draw_bucket_histogram, scan_dataset
+
+SETTINGS = BucketSettings((128, 128), 64, 256, 64)  # buckets 64x192, 64x256, 128x128, 192x64, 256x64
+MAX_PIXELS = 250 * 250  # "huge" means over this here; a real bomb is refused the same way at 179 Mpx
+BROKEN = {"truncated", "empty", "notimage", "huge"}
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    folder = tmp_path / "data"
+    folder.mkdir()
+    rng = np.random.default_rng(3)
+    Image.fromarray(rng.integers(0, 256, (160, 160, 3), dtype=np.uint8)).save(folder / "good.png")
+    shutil.copy(folder / "good.png", folder / "good_copy.png")  # an exact duplicate
+    (folder / "truncated.png").write_bytes((folder / "good.png").read_bytes()[:200])
+    (folder / "empty.jpg").write_bytes(b"")
+    (folder / "notimage.png").write_text("<html>not an image</html>")
+    Image.new("CMYK", (128, 128), (0, 255, 0, 0)).save(folder / "cmyk.jpg")
+    palette = Image.new("P", (128, 128), 1)
+    palette.putpalette([0, 0, 0, 255, 0, 0] + [0] * 762)
+    palette.save(folder / "palette.png")
+    Image.new("LA", (128, 128), (0, 0)).save(folder / "la.png")  # fully transparent -> white
+    Image.new("RGBA", (128, 128), (0, 0, 255, 255)).save(folder / "rgba.png")
+    Image.fromarray(np.full((128, 128), 40000, dtype=np.uint16)).save(folder / "sixteen.png")
+    rotated = Image.new("RGB", (240, 100), (0, 200, 0))  # stored landscape, shown portrait (EXIF 6)
+    exif = rotated.getexif()
+    exif[0x0112] = 6
+    rotated.save(folder / "rotated.jpg", exif=exif.tobytes())
+    Image.new("RGB", (300, 300), (9, 9, 9)).save(folder / "huge.png")  # 90000 px > MAX_PIXELS
+    Image.new("RGB", (40, 40), (50, 60, 70)).save(folder / "small.png")  # upscaled to 128x128
+
+    for name in ("good", "cmyk", "palette", "la", "rgba", "sixteen", "rotated", "truncated", "small"):
+        (folder / f"{name}.caption").write_text(f"a picture of {name}", encoding="utf-8")
+    (folder / "good.txt").write_text("1girl, " + ", ".join(f"tag_{i}" for i in range(80)), encoding="utf-8")
+    (folder / "cmyk.caption").write_bytes(b"na\xefve caf\xe9")  # cp1252
+    # good_copy, empty, notimage, huge: no caption files
+    return folder
+
+
+def _run(corpus, tmp_path):
+    meta_clean = tmp_path / "meta_clean.json"
+    merge = merge_to_file(corpus, meta_clean, MergeOptions())
+    meta_lat = tmp_path / "meta_lat.json"
+    options = LatentCacheOptions(buckets=SETTINGS, max_pixels=MAX_PIXELS, batch_size=4)
+    return merge, meta_clean, meta_lat, options
+
+
+def test_corpus_through_merge_latents_and_report(corpus, tmp_path, tiny_vae_loaded):
+    merge, meta_clean, meta_lat, options = _run(corpus, tmp_path)
+    assert merge.images == 13
+    assert {p.stem for p in merge.missing_captions} == {"good_copy", "empty", "notimage", "huge"}
+    assert any("cmyk.caption" in w and "cp1252" in w for w in merge.warnings)
+    assert json.loads(meta_clean.read_text(encoding="utf-8"))["cmyk"]["caption"] == "naïve café"
+
+    result = cache_latents(corpus, meta_clean, meta_lat, tiny_vae_loaded, options)
+    errors = {r.path.stem: r.error for r in result.records if r.error}
+    assert set(errors) == BROKEN
+    assert errors["empty"] == "empty file (0 bytes)"
+    assert errors["notimage"] == "not an image Pillow can read"
+    assert errors["truncated"].startswith("unreadable image")
+    assert errors["huge"].startswith("too large (300x300 pixels")
+    assert result.encoded == 9
+
+    meta = json.loads(meta_lat.read_text(encoding="utf-8"))
+    assert not BROKEN & set(meta)  # left out, so a trainer never meets them
+    assert meta["rotated"]["train_resolution"] == [64, 192]  # upright: 100x240 (ar 0.42) -> 64x192
+    assert meta["cmyk"]["train_resolution"] == [128, 128]
+    for name in ("cmyk", "palette", "la", "rgba", "sixteen", "rotated", "small", "good_copy"):
+        with np.load(corpus / f"{name}.npz") as npz:
+            assert np.isfinite(npz["latents"]).all()
+    assert not list(corpus.glob("huge.npz")) and not list(corpus.glob("*.tmp"))
+
+    report = build_report(corpus, result.records, SETTINGS, metadata=meta)
+    assert {r.path.stem: r.error for r in report.unreadable} == errors
+    assert [r.path.name for r in report.upscaled] == ["small.png"]  # 40x40 -> 128x128 (rotated: 100x240 shrinks)
+    assert [[r.path.name for r in group] for group in report.duplicates] == [["good.png", "good_copy.png"]]
+    # "a picture of good, 1girl, tag_0, ..., tag_79": 4 + 2 + 2 * 80 words and commas > 75 (an estimate)
+    assert [key for key, _count in report.long_texts] == ["good"]
+    assert "estimated tokens" in report.token_label
+    assert set(report.without_caption) == {"good_copy"}
+    text_path, png_path = report.write(tmp_path, "meta_lat")
+    summary = text_path.read_text(encoding="utf-8")
+    assert "images: 13 found, 9 usable, 4 unreadable" in summary
+    assert "empty.jpg: empty file (0 bytes)" in summary
+    assert "small.png: 40x40 -> bucket 128x128" in summary
+    assert "exact duplicates (identical file bytes): 1" in summary
+    with Image.open(png_path) as chart:
+        assert chart.format == "PNG" and chart.height > 100
+
+
+def test_existing_meta_lat_survives_a_failing_run(corpus, tmp_path, tiny_vae_loaded):
+    _merge, meta_clean, meta_lat, options = _run(corpus, tmp_path)
+    meta_lat.write_text('{"from an earlier run": {}}')
+    (corpus / "zzz.png").write_bytes(b"")  # sorted last: broken files never stop the run
+    cache_latents(corpus, meta_clean, meta_lat, tiny_vae_loaded, options)
+    assert "good" in json.loads(meta_lat.read_text())
+
+    meta_lat.write_text('{"from an earlier run": {}}')
+    meta_clean.write_text("{broken")
+    with pytest.raises(DatasetError, match="not valid JSON"):
+        cache_latents(corpus, meta_clean, meta_lat, tiny_vae_loaded, options)
+    assert meta_lat.read_text() == '{"from an earlier run": {}}'
+
+
+def test_report_cli_reads_sidecars_and_counts_tokens(corpus, tmp_path, tiny_tokenizer_dir, capsys):
+    args = ["report", str(corpus), "--max_resolution", "128,128", "--min_bucket_reso", "64"]
+    args += ["--max_bucket_reso", "256", "--max_image_pixels", str(MAX_PIXELS), "--tokenizer", str(tiny_tokenizer_dir)]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "4 unreadable" in printed and "counted in CLIP tokens" in printed
+    assert "cmyk.caption: not UTF-8, read as cp1252" in printed
+    assert (corpus / "dataset.report.txt").is_file() and (corpus / "dataset.buckets.png").is_file()
+
+    assert main(["report", str(tmp_path / "missing")]) == 1
+    assert "Image folder not found" in capsys.readouterr().err
+
+
+def test_token_counts(tiny_tokenizer_dir):
+    from transformers import CLIPTokenizer
+
+    tokenizer = CLIPTokenizer.from_pretrained(str(tiny_tokenizer_dir))
+    text = "a red cat, sitting"
+    assert TokenCounter(tokenizer).count(text) == len(tokenizer(text).input_ids) - 2  # without BOS/EOS
+    assert TokenCounter().count(text) == 5  # a, red, cat, ",", sitting
+
+
+def test_scan_and_histogram_without_images(tmp_path):
+    assert scan_dataset(tmp_path, SETTINGS) == []
+    chart = draw_bucket_histogram({}, "nothing")
+    assert chart.size[0] > 300
+    with pytest.raises(DatasetError, match="not found"):
+        scan_dataset(tmp_path / "missing", SETTINGS)
