@@ -25,6 +25,7 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     merge.add_argument("--clean_caption", action="store_true", help="apply kohya's caption and tag cleaning rules")
     merge.add_argument("--caption_extension", default=".caption", help="caption file extension (.caption)")
     merge.add_argument("--tag_extension", default=".txt", help="tag file extension (.txt)")
+    merge.add_argument("--caption_extention", dest="caption_extension", help=argparse.SUPPRESS)  # kohya's old spelling
     merge.add_argument("--debug", action="store_true", help="print every entry")
     merge.set_defaults(handler=run_merge)
 
@@ -163,6 +164,7 @@ def run_buckets(args: argparse.Namespace) -> int:
     if dtype == torch.float16 and device.type == "cpu":
         print("note: fp16 is for GPUs; encoding in float32 on the CPU")
         dtype = torch.float32
+    tokenizer = _tokenizer(args.tokenizer, args.model)  # before the long part: a wrong path fails at once
     vae = load_vae(args.model, dtype=dtype).to(device).eval()
     print(f"VAE from {args.model} on {device} ({str(dtype).removeprefix('torch.')})")
 
@@ -172,7 +174,7 @@ def run_buckets(args: argparse.Namespace) -> int:
         result.records,
         options.buckets,
         metadata=result.metadata,
-        tokenizer=_tokenizer(args.tokenizer, args.model),
+        tokenizer=tokenizer,
         warnings=result.notes,
     )
     text_path, png_path = report.write(args.out_json.parent, args.out_json.stem)

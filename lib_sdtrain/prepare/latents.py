@@ -9,6 +9,8 @@ image beside it, readable by every kohya version users have:
   writes `<stem>_flip.npz`. Without `--flip_aug` a stale `<stem>_flip.npz` is removed, as v0.6.6 does, because
   v0.6 training would otherwise pick up flipped latents of an older bucket.
 Latents are stored UNSCALED (the trainer multiplies by the VAE's scaling factor, 0.18215 for SD).
+One deliberate difference: images are opened upright (EXIF orientation applied, dataset.images); kohya opens the
+stored pixels, so for a rotated phone photo kohya picks the sideways bucket and trains on a sideways picture.
 """
 
 from __future__ import annotations
@@ -239,6 +241,11 @@ def cache_latents(
     for record in result.records:
         if record.error is not None and record.key not in used_keys:
             metadata.pop(record.key, None)
+    if result.added_keys and any(("/" in key or "\\" in key) for key in metadata) and not options.full_path:
+        result.notes.append(
+            f"{len(result.added_keys)} image(s) were not in {in_json}, whose keys look like paths: "
+            "was it written with --full_path? Then use --full_path here too."
+        )
     atomic_write_json(out_json, metadata, indent=2)
     return result
 

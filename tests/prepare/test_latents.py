@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from lib_sdtrain.cli import main
-from lib_sdtrain.errors import Cancelled, DatasetError
+from lib_sdtrain.errors import Cancelled, ConfigError, DatasetError
 from lib_sdtrain.prepare.buckets import BucketSettings
 from lib_sdtrain.prepare.latents import LatentCacheOptions, cache_latents
 from lib_sdtrain.utils.progress import CallbackProgress
@@ -183,3 +183,23 @@ def test_buckets_cli(dataset, tiny_sd_dir, capsys):
     missing_json = [*args[:2], str(folder / "none.json"), *args[3:]]
     assert main(missing_json) == 1
     assert "Run `merge` first" in capsys.readouterr().err
+
+
+def test_full_path_keys_and_subfolders(dataset, tiny_vae_loaded):
+    folder, _in_json, out_json = dataset
+    (folder / "sub").mkdir()
+    (folder / "tall.png").rename(folder / "sub" / "tall.png")
+    in_json = folder.parent / "full.json"
+    in_json.write_text(json.dumps({str(folder / "sq1.png"): {"caption": "one"}}))
+    options = _options(full_path=True, recursive=True)
+    result = cache_latents(folder, in_json, out_json, tiny_vae_loaded, options)
+    meta = json.loads(out_json.read_text())
+    assert meta[str(folder / "sq1.png")] == {"caption": "one", "train_resolution": [128, 128]}
+    assert meta[str(folder / "sub" / "tall.png")] == {"train_resolution": [64, 192]}
+    assert (folder / "sub" / "tall.npz").is_file()  # beside the image, as kohya with --recursive --full_path
+    assert result.notes == []
+
+    with pytest.raises(ConfigError, match="--full_path"):
+        cache_latents(folder, in_json, out_json, tiny_vae_loaded, _options(recursive=True))
+    result = cache_latents(folder, in_json, out_json, tiny_vae_loaded, _options())
+    assert any("look like paths" in note for note in result.notes)
