@@ -15,8 +15,15 @@ from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
 
-from lib_sdtrain.dataset.images import MAX_IMAGE_PIXELS, list_images
-from lib_sdtrain.dataset.metadata import Metadata, check_recursive_keys, image_key, read_caption_file
+from lib_sdtrain.dataset.images import MAX_IMAGE_PIXELS
+from lib_sdtrain.dataset.metadata import (
+    REPORT_IMAGE_SUFFIX,
+    Metadata,
+    check_recursive_keys,
+    image_key,
+    list_dataset_images,
+    read_caption_file,
+)
 from lib_sdtrain.prepare.buckets import BucketAssigner, BucketSettings, Size
 from lib_sdtrain.prepare.scan import ImageRecord, inspect_image, prefetch
 from lib_sdtrain.utils.files import atomic_path, atomic_write_text
@@ -126,7 +133,7 @@ class DatasetReport:
     def write(self, folder: Path, name: str) -> tuple[Path, Path]:
         """Write `<name>.report.txt` and `<name>.buckets.png` into `folder` (atomically)."""
         text_path = folder / f"{name}.report.txt"
-        png_path = folder / f"{name}.buckets.png"
+        png_path = folder / f"{name}{REPORT_IMAGE_SUFFIX}"
         atomic_write_text(text_path, self.summary() + "\n")
         chart = draw_bucket_histogram(self.bucket_counts, f"{len(self.readable)} images in {self.train_dir.name}")
         with atomic_path(png_path) as tmp:
@@ -199,7 +206,7 @@ def scan_dataset(
     check_recursive_keys(recursive, full_path)
     progress = progress or Progress()
     assigner = BucketAssigner(settings)
-    images = list_images(train_dir, recursive)
+    images = list_dataset_images(train_dir, recursive)
 
     def inspect(path: Path) -> ImageRecord:
         return inspect_image(path, image_key(path, full_path), assigner, max_pixels=max_pixels)[0]

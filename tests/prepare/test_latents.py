@@ -163,7 +163,8 @@ def test_cancel_keeps_finished_latents(dataset, tiny_vae_loaded):
 
 
 def test_buckets_cli(dataset, tiny_sd_dir, capsys):
-    folder, in_json, out_json = dataset
+    folder, in_json, _out_json = dataset
+    out_json = folder / "meta_lat.json"  # the tutorial keeps the metadata in the image folder
     args = ["buckets", str(folder), str(in_json), str(out_json), str(tiny_sd_dir), "--max_resolution", "128,128"]
     args += ["--min_bucket_reso", "64", "--max_bucket_reso", "256", "--batch_size", "2", "--flip_aug"]
     args += ["--mixed_precision", "bf16", "--max_data_loader_n_workers", "1"]
@@ -172,11 +173,17 @@ def test_buckets_cli(dataset, tiny_sd_dir, capsys):
     assert "latents: 4 written, 0 already cached" in printed
     assert "images: 4 found, 4 usable, 0 unreadable" in printed
     assert "counted in CLIP tokens" in printed  # the model folder's tokenizer was used
-    assert (out_json.parent / "meta_lat.report.txt").is_file()
-    assert Image.open(out_json.parent / "meta_lat.buckets.png").size[0] > 300
+    assert (folder / "meta_lat.report.txt").is_file()
+    assert Image.open(folder / "meta_lat.buckets.png").size[0] > 300
     assert json.loads(out_json.read_text())["tall"]["train_resolution"] == [64, 192]
     with np.load(folder / "tall.npz") as npz:
         assert npz["latents"].dtype == np.float32 and npz["latents_flipped"].shape == (4, 24, 8)
+
+    # Run again: the histogram PNG in the folder is not taken for a training image; the cache is reused.
+    assert main([*args, "--skip_existing"]) == 0
+    printed = capsys.readouterr().out
+    assert "images: 4 found" in printed and "latents: 0 written, 4 already cached" in printed
+    assert "meta_lat.buckets" not in json.loads(out_json.read_text())
 
     assert main([*args[:1], str(folder / "missing"), *args[2:]]) == 1
     assert "Image folder not found" in capsys.readouterr().err
