@@ -140,11 +140,8 @@ def run_merge(args: argparse.Namespace) -> int:
 
 
 def run_buckets(args: argparse.Namespace) -> int:
-    import torch
-
-    from lib_sdtrain.models.loading import load_vae
-    from lib_sdtrain.prepare.latents import LatentCacheOptions, cache_latents
-    from lib_sdtrain.prepare.report import build_report
+    from lib_sdtrain.prepare.job import prepare_buckets_latents
+    from lib_sdtrain.prepare.latents import LatentCacheOptions
     from lib_sdtrain.utils.progress import TqdmProgress
 
     options = LatentCacheOptions(
@@ -158,32 +155,24 @@ def run_buckets(args: argparse.Namespace) -> int:
         seed=args.seed,
         max_pixels=args.max_image_pixels,
     )
-    options.buckets.validate()
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.mixed_precision]
-    if dtype == torch.float16 and device.type == "cpu":
-        print("note: fp16 is for GPUs; encoding in float32 on the CPU")
-        dtype = torch.float32
     tokenizer = _tokenizer(args.tokenizer, args.model)  # before the long part: a wrong path fails at once
-    vae = load_vae(args.model, dtype=dtype).to(device).eval()
-    print(f"VAE from {args.model} on {device} ({str(dtype).removeprefix('torch.')})")
-
-    result = cache_latents(args.train_data_dir, args.in_json, args.out_json, vae, options, TqdmProgress())
-    report = build_report(
+    done = prepare_buckets_latents(
         args.train_data_dir,
-        result.records,
-        options.buckets,
-        metadata=result.metadata,
+        args.in_json,
+        args.out_json,
+        args.model,
+        options,
+        mixed_precision=args.mixed_precision,
         tokenizer=tokenizer,
-        warnings=result.notes,
+        progress=TqdmProgress(),
     )
-    text_path, png_path = report.write(args.out_json.parent, args.out_json.stem)
-    print(report.summary())
+    result = done.result
+    print(done.report.summary())
     print(
         f"latents: {result.encoded} written, {result.skipped_existing} already cached; "
         f"{len(result.added_keys)} image(s) had no metadata entry (added with train_resolution only)"
     )
-    print(f"wrote {args.out_json}, {text_path.name}, {png_path.name}")
+    print(f"wrote {args.out_json}, {done.report_path.name}, {done.histogram_path.name}")
     return 0
 
 

@@ -210,3 +210,17 @@ def test_full_path_keys_and_subfolders(dataset, tiny_vae_loaded):
         cache_latents(folder, in_json, out_json, tiny_vae_loaded, _options(recursive=True))
     result = cache_latents(folder, in_json, out_json, tiny_vae_loaded, _options())
     assert any("look like paths" in note for note in result.notes)
+
+
+def test_job_with_a_loaded_vae_and_fp16_on_cpu(dataset, tiny_vae_loaded):
+    from lib_sdtrain.prepare.job import prepare_buckets_latents
+
+    folder, in_json, out_json = dataset
+    progress = CallbackProgress()
+    vae = copy.deepcopy(tiny_vae_loaded)
+    done = prepare_buckets_latents(
+        folder, in_json, out_json, vae, _options(), mixed_precision="fp16", device="cpu", progress=progress
+    )
+    assert "float32 on the CPU" in progress.messages[0]
+    assert done.result.encoded == 4 and done.histogram_path == folder.parent / "meta_lat.buckets.png"
+    assert done.report_path.read_text(encoding="utf-8").startswith(f"Dataset report for {folder}")
