@@ -147,3 +147,18 @@ def test_scan_and_histogram_without_images(tmp_path):
     assert chart.size[0] > 300
     with pytest.raises(DatasetError, match="not found"):
         scan_dataset(tmp_path / "missing", SETTINGS)
+
+
+def test_same_stem_twice_keeps_the_first(tmp_path, tiny_vae_loaded):
+    folder = tmp_path / "data"
+    folder.mkdir()
+    Image.new("RGB", (128, 128), (200, 0, 0)).save(folder / "cat.jpg")
+    Image.new("RGB", (64, 192), (0, 0, 200)).save(folder / "cat.png")  # same key "cat", same cat.npz
+    (tmp_path / "meta.json").write_text('{"cat": {"caption": "a cat"}}')
+    options = LatentCacheOptions(buckets=SETTINGS)
+    result = cache_latents(folder, tmp_path / "meta.json", tmp_path / "lat.json", tiny_vae_loaded, options)
+    assert [(r.path.name, r.error is None) for r in result.records] == [("cat.jpg", True), ("cat.png", False)]
+    assert "same name as cat.jpg" in result.records[1].error
+    entry = json.loads((tmp_path / "lat.json").read_text())["cat"]
+    assert entry == {"caption": "a cat", "train_resolution": [128, 128]}
+    assert np.load(folder / "cat.npz")["latents"].shape == (4, 16, 16)
