@@ -13,6 +13,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from lib_sdtrain.errors import DatasetError
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp"})
+# The dataset report's bucket chart is written next to the metadata, which users keep in the image folder (the
+# tutorial does): it must never be captioned, tagged or trained on.
+REPORT_IMAGE_SUFFIX = ".buckets.png"
 # Pillow's own guard (about 179 Mpx) warns first and fails only at twice that; we refuse at the limit itself.
 MAX_IMAGE_PIXELS = 178_956_970
 
@@ -38,13 +41,18 @@ def _optional_extensions() -> set[str]:
 
 
 def list_images(folder: str | Path, recursive: bool = False) -> list[Path]:
-    """All image files in `folder` (sorted), by extension in any case. Raises DatasetError if the folder is missing."""
+    """The dataset's image files in `folder` (sorted), by extension in any case, without SD-Train's report charts.
+    Raises DatasetError if the folder is missing."""
     root = Path(folder)
     if not root.is_dir():
         raise DatasetError(f"Image folder not found: {root}")
     extensions = IMAGE_EXTENSIONS | _optional_extensions()
     pattern = "**/*" if recursive else "*"
-    return sorted(p for p in root.glob(pattern) if p.is_file() and p.suffix.lower() in extensions)
+    return sorted(
+        p
+        for p in root.glob(pattern)
+        if p.is_file() and p.suffix.lower() in extensions and not p.name.lower().endswith(REPORT_IMAGE_SUFFIX)
+    )
 
 
 def load_image_rgb(path: str | Path, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:

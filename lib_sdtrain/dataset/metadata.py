@@ -55,15 +55,6 @@ def read_caption_file(path: Path) -> tuple[str, str | None]:
 
 # --- keys and files --------------------------------------------------------------------------------------------------
 
-# The dataset report's histogram is written next to the metadata, which users keep in the image folder (the
-# tutorial does): it must never become a training image itself.
-REPORT_IMAGE_SUFFIX = ".buckets.png"
-
-
-def list_dataset_images(folder: str | Path, recursive: bool = False) -> list[Path]:
-    """The images to train on: `list_images` without SD-Train's own report charts."""
-    return [p for p in list_images(folder, recursive) if not p.name.lower().endswith(REPORT_IMAGE_SUFFIX)]
-
 
 def image_key(image_path: Path, full_path: bool) -> str:
     return str(image_path) if full_path else image_path.stem
@@ -240,7 +231,7 @@ def merge_captions_and_tags(
     """
     check_recursive_keys(options.recursive, options.full_path)
     progress = progress or Progress()
-    images = list_dataset_images(train_dir, options.recursive)
+    images = list_images(train_dir, options.recursive)
     caption_ext = _normalise_extension(options.caption_extension)
     tag_ext = _normalise_extension(options.tag_extension)
     result = MergeResult(metadata=metadata, images=len(images))

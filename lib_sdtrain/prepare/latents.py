@@ -24,14 +24,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from lib_sdtrain.dataset.images import MAX_IMAGE_PIXELS
-from lib_sdtrain.dataset.metadata import (
-    Metadata,
-    check_recursive_keys,
-    image_key,
-    list_dataset_images,
-    load_metadata,
-)
+from lib_sdtrain.dataset.images import MAX_IMAGE_PIXELS, list_images
+from lib_sdtrain.dataset.metadata import Metadata, check_recursive_keys, image_key, load_metadata
 from lib_sdtrain.errors import Cancelled, DatasetError
 from lib_sdtrain.prepare.buckets import BucketAssigner, BucketSettings, Size, crop_ltrb
 from lib_sdtrain.prepare.scan import ImageRecord, inspect_image, prefetch
@@ -205,7 +199,7 @@ def cache_latents(
     if options.batch_size < 1:
         raise DatasetError("--batch_size must be at least 1.")
     progress = progress or Progress()
-    images = list_dataset_images(train_dir, options.recursive)
+    images = list_images(train_dir, options.recursive)
     if not Path(in_json).is_file():
         raise DatasetError(f"Metadata file not found: {in_json}. Run `merge` first to write it.")
     metadata = {key: dict(entry) for key, entry in load_metadata(in_json).items()}

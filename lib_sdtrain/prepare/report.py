@@ -15,15 +15,8 @@ from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
 
-from lib_sdtrain.dataset.images import MAX_IMAGE_PIXELS
-from lib_sdtrain.dataset.metadata import (
-    REPORT_IMAGE_SUFFIX,
-    Metadata,
-    check_recursive_keys,
-    image_key,
-    list_dataset_images,
-    read_caption_file,
-)
+from lib_sdtrain.dataset.images import MAX_IMAGE_PIXELS, REPORT_IMAGE_SUFFIX, list_images
+from lib_sdtrain.dataset.metadata import Metadata, check_recursive_keys, image_key, read_caption_file
 from lib_sdtrain.prepare.buckets import BucketAssigner, BucketSettings, Size
 from lib_sdtrain.prepare.scan import ImageRecord, inspect_image, prefetch
 from lib_sdtrain.utils.files import atomic_path, atomic_write_text
@@ -206,7 +199,7 @@ def scan_dataset(
     check_recursive_keys(recursive, full_path)
     progress = progress or Progress()
     assigner = BucketAssigner(settings)
-    images = list_dataset_images(train_dir, recursive)
+    images = list_images(train_dir, recursive)
 
     def inspect(path: Path) -> ImageRecord:
         return inspect_image(path, image_key(path, full_path), assigner, max_pixels=max_pixels)[0]
