@@ -1,0 +1,194 @@
+"""LoRA and LoCon for SD 1.x/2.x, laid out exactly as kohya sd-scripts' networks/lora.py lays them out.
+
+Each LoRA module wraps one Linear/Conv2d of the model by replacing that layer's `forward` (the base weights are
+never touched, so the network can be removed or merged):
+
+    y = W x + multiplier * (alpha / rank) * up(down(dropout(x)))
+
+Targets (kohya's): every Linear and 1x1 Conv2d inside the UNet's Transformer2DModel blocks and the text encoder's
+CLIPAttention/CLIPMLP; with LoCon (`conv_dim`) also the convolutions of ResnetBlock2D/Downsample2D/Upsample2D, where
+3x3 convolutions get `conv_dim`/`conv_alpha` and the rest `rank`/`alpha`. Names are
+`(prefix + "." + module path).replace(".", "_")` with prefix `lora_unet` or `lora_te`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+UNET_PREFIX = "lora_unet"
+TEXT_ENCODER_PREFIX = "lora_te"
+UNET_TARGETS = ("Transformer2DModel",)
+UNET_CONV_TARGETS = ("ResnetBlock2D", "Downsample2D", "Upsample2D")
+TEXT_ENCODER_TARGETS = ("CLIPAttention", "CLIPSdpaAttention", "CLIPMLP")
+
+
+class LoRAModule(nn.Module):
+    """A low-rank update of one Linear or Conv2d layer."""
+
+    def __init__(
+        self, name: str, layer: nn.Linear | nn.Conv2d, rank: int, alpha: float | None, dropout: float = 0.0
+    ) -> None:
+        super().__init__()
+        self.lora_name = name
+        self.rank = rank
+        if isinstance(layer, nn.Conv2d):
+            # The down projection has the layer's kernel; the up projection is 1x1 (kohya's LoCon layout).
+            self.lora_down = nn.Conv2d(
+                layer.in_channels, rank, layer.kernel_size, layer.stride, layer.padding, bias=False
+            )
+            self.lora_up = nn.Conv2d(rank, layer.out_channels, (1, 1), (1, 1), bias=False)
+        else:
+            self.lora_down = nn.Linear(layer.in_features, rank, bias=False)
+            self.lora_up = nn.Linear(rank, layer.out_features, bias=False)
+        nn.init.kaiming_uniform_(self.lora_down.weight, a=math.sqrt(5))
+        nn.init.zeros_(self.lora_up.weight)  # starts as a no-op: training begins from the base model exactly
+        alpha = float(rank) if not alpha else float(alpha)
+        self.register_buffer("alpha", torch.tensor(alpha))
+        self.dropout = nn.Dropout(dropout) if dropout else nn.Identity()
+        self.multiplier = 1.0
+        self._layer = [layer]  # a list keeps the base layer out of this module's parameters and state dict
+        self._base_forward = None
+
+    @property
+    def scale(self) -> float:
+        return float(self.alpha) / self.rank
+
+    def attach(self) -> None:
+        layer = self._layer[0]
+        if self._base_forward is None:
+            self._base_forward = layer.forward
+            layer.forward = self.forward
+
+    def detach_from_layer(self) -> None:
+        if self._base_forward is not None:
+            self._layer[0].forward = self._base_forward
+            self._base_forward = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        base = self._base_forward(x)
+        if self.multiplier == 0:
+            return base
+        update = self.lora_up(self.lora_down(self.dropout(x.to(self.lora_down.weight.dtype))))
+        return base + (update * (self.multiplier * self.scale)).to(base.dtype)
+
+    @torch.no_grad()
+    def delta_weight(self) -> torch.Tensor:
+        """The change this module makes to its layer's weight (what merging adds)."""
+        down, up = self.lora_down.weight.float(), self.lora_up.weight.float()
+        if down.ndim == 2:
+            delta = up @ down
+        elif down.shape[2:] == (1, 1):
+            delta = (up.squeeze(-1).squeeze(-1) @ down.squeeze(-1).squeeze(-1))[:, :, None, None]
+        else:
+            delta = torch.nn.functional.conv2d(down.permute(1, 0, 2, 3), up).permute(1, 0, 2, 3)
+        return delta * self.scale * self.multiplier
+
+
+@dataclass(frozen=True)
+class NetworkSpec:
+    rank: int = 4
+    alpha: float | None = 1.0
+    dropout: float = 0.0
+    conv_rank: int | None = None  # LoCon: rank of the 3x3 convolutions; None leaves them out
+    conv_alpha: float | None = None
+    train_unet: bool = True
+    train_text_encoder: bool = True
+
+
+class LoRANetwork(nn.Module):
+    """All LoRA modules of one model. `attach()` hooks them into the model; `detach()` restores it."""
+
+    def __init__(self, unet: nn.Module, text_encoder: nn.Module | None, spec: NetworkSpec) -> None:
+        super().__init__()
+        self.spec = spec
+        unet_targets = UNET_TARGETS + (UNET_CONV_TARGETS if spec.conv_rank else ())
+        self.unet_loras = nn.ModuleList(
+            _create_modules(unet, UNET_PREFIX, unet_targets, spec) if spec.train_unet else []
+        )
+        te_modules = []
+        if spec.train_text_encoder and text_encoder is not None:
+            te_modules = _create_modules(text_encoder, TEXT_ENCODER_PREFIX, TEXT_ENCODER_TARGETS, spec)
+        self.text_encoder_loras = nn.ModuleList(te_modules)
+
+    def modules_by_name(self) -> dict[str, LoRAModule]:
+        return {m.lora_name: m for m in self.all_loras()}
+
+    def all_loras(self) -> Iterator[LoRAModule]:
+        yield from self.text_encoder_loras  # type: ignore[misc]
+        yield from self.unet_loras  # type: ignore[misc]
+
+    def attach(self) -> LoRANetwork:
+        for lora in self.all_loras():
+            lora.attach()
+        return self
+
+    def detach(self) -> None:
+        for lora in self.all_loras():
+            lora.detach_from_layer()
+
+    def set_multiplier(self, multiplier: float) -> None:
+        for lora in self.all_loras():
+            lora.multiplier = multiplier
+
+    def parameter_groups(self, unet_lr: float, text_encoder_lr: float) -> list[dict]:
+        groups = []
+        if len(self.text_encoder_loras):
+            groups.append({"params": list(self.text_encoder_loras.parameters()), "lr": text_encoder_lr})
+        if len(self.unet_loras):
+            groups.append({"params": list(self.unet_loras.parameters()), "lr": unet_lr})
+        return groups
+
+    def kohya_state_dict(self) -> dict[str, torch.Tensor]:
+        """`<name>.lora_down.weight`, `<name>.lora_up.weight`, `<name>.alpha` for every module."""
+        return {
+            f"{lora.lora_name}.{key}": value for lora in self.all_loras() for key, value in lora.state_dict().items()
+        }
+
+    def load_kohya_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        from lib_sdtrain.errors import SDTrainError
+
+        ours = self.kohya_state_dict()
+        missing = sorted(set(ours) - set(state))
+        unexpected = sorted(set(state) - set(ours))
+        if missing or unexpected:
+            raise SDTrainError(
+                f"The LoRA does not fit this model and these settings: {len(missing)} tensors missing "
+                f"(e.g. {missing[:2]}), {len(unexpected)} unexpected (e.g. {unexpected[:2]})."
+            )
+        for lora in self.all_loras():
+            lora.load_state_dict({k: state[f"{lora.lora_name}.{k}"] for k in lora.state_dict()})
+
+    @torch.no_grad()
+    def merge_into_model(self) -> None:
+        """Add every module's update to its layer's weight (to bake a LoRA into a checkpoint), then detach."""
+        for lora in self.all_loras():
+            weight = lora._layer[0].weight
+            weight += lora.delta_weight().to(weight.dtype).reshape(weight.shape)
+        self.detach()
+
+
+def _create_modules(root: nn.Module, prefix: str, targets: tuple[str, ...], spec: NetworkSpec) -> list[LoRAModule]:
+    loras = []
+    for name, module in root.named_modules():
+        if module.__class__.__name__ not in targets:
+            continue
+        for child_name, child in module.named_modules():
+            # kohya compares class names exactly: subclasses of Linear/Conv2d (e.g. quantised layers) are skipped
+            is_linear = child.__class__.__name__ == "Linear"
+            is_conv = child.__class__.__name__ == "Conv2d"
+            if not (is_linear or is_conv):
+                continue
+            if is_linear or child.kernel_size == (1, 1):
+                rank, alpha = spec.rank, spec.alpha
+            elif spec.conv_rank:
+                rank, alpha = spec.conv_rank, spec.conv_alpha
+            else:
+                continue
+            lora_name = f"{prefix}.{name}.{child_name}".replace(".", "_")
+            loras.append(LoRAModule(lora_name, child, rank, alpha, spec.dropout))
+    return loras
