@@ -20,6 +20,7 @@ from lib_sdtrain.errors import Cancelled, SDTrainError
 COMMANDS: list[str] = [
     "lib_sdtrain.models.cli:register_cli",
     "lib_sdtrain.prepare.cli:register_cli",
+    "lib_sdtrain.train.cli:register_cli",
 ]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_CANCELLED = 0, 1, 2, 130

@@ -1,0 +1,366 @@
+"""The training loop: one explicit loop, in the spirit of diffusers' example scripts, for LoRA and full fine-tuning.
+
+    result = train(load_config("lora.toml"))                 # CLI / headless
+    result = train(config, model=webui_model, progress=p)    # the WebUI passes its loaded model and a progress
+
+Per optimizer step: latents (cached or encoded now) -> noise (+ noise_offset) at random timesteps -> the UNet
+predicts noise (or v) -> MSE, weighted by min-SNR if asked -> backward, accumulate, clip, step. Saves, samples,
+progress and cancel happen between steps. A NaN/inf loss stops the run before it can spoil a save.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from lib_sdtrain.errors import Cancelled, SDTrainError
+from lib_sdtrain.models.sd_model import SDModel
+from lib_sdtrain.train import data, text
+from lib_sdtrain.train.config import TrainConfig
+from lib_sdtrain.train.network.kohya_file import SAVE_DTYPES, load_lora, save_lora
+from lib_sdtrain.train.network.lora import LoRANetwork, NetworkSpec
+from lib_sdtrain.train.optim import make_lr_scheduler, make_optimizer
+from lib_sdtrain.train.outputs import lora_metadata
+from lib_sdtrain.train.sampling import generate_samples, read_prompt_file
+from lib_sdtrain.train.state import Position, load_state, save_state
+from lib_sdtrain.utils.files import check_safe_name
+from lib_sdtrain.utils.progress import Progress
+
+OOM_ADVICE = (
+    "Out of memory. Lower train_batch_size or the resolution, turn on gradient_checkpointing, use mixed_precision "
+    "fp16/bf16, or a smaller network_dim. Everything saved so far is kept."
+)
+
+
+class TrainingDiverged(SDTrainError):
+    """The loss became NaN or infinite."""
+
+
+@dataclass
+class TrainResult:
+    output: Path | None
+    steps: int
+    losses: list[float] = field(default_factory=list)
+    state_dir: Path | None = None
+    samples: list[Path] = field(default_factory=list)
+
+
+class Trainer:
+    """Holds what one run needs; `run()` is the loop. Split into small methods so each concern reads on its own."""
+
+    def __init__(self, config: TrainConfig, model: SDModel | None, progress: Progress | None) -> None:
+        config.validate()
+        check_safe_name(config.output_name, "output_name")
+        self.config = config
+        self.progress = progress or Progress()
+        self.items = data.collect_items(config)  # fail on a bad dataset before loading a model
+        self.prompts = read_prompt_file(config.sample_prompts) if config.sample_prompts else []
+        self.model = model or _load_model(config)
+        self.output_dir = Path(config.output_dir)
+        self.accelerator = _make_accelerator(config)
+        self.device = self.accelerator.device
+        self.noise_scheduler = self.model.noise_scheduler()
+        self.noise_generator = torch.Generator().manual_seed(config.seed)
+        self.network: LoRANetwork | None = None
+        self.last_good_save: Path | None = None
+        self.samples: list[Path] = []
+        self.started_at = time.time()
+
+    # --- setup --------------------------------------------------------------------------------------------------
+
+    def setup(self) -> None:
+        config, model = self.config, self.model
+        torch.manual_seed(config.seed)
+        model.vae.requires_grad_(False).eval()
+        model.unet.requires_grad_(False)
+        model.text_encoder.requires_grad_(False)
+        model.to(self.device)
+        if config.is_lora:
+            spec = NetworkSpec(
+                rank=config.network_dim,
+                alpha=config.network_alpha,
+                dropout=config.network_dropout,
+                conv_rank=config.conv_dim,
+                conv_alpha=config.conv_alpha,
+                train_unet=not config.network_train_text_encoder_only,
+                train_text_encoder=not config.network_train_unet_only,
+            )
+            self.network = LoRANetwork(model.unet, model.text_encoder, spec).to(self.device).attach()
+            if config.network_weights:
+                self.network.load_kohya_state_dict(load_lora(config.network_weights)[0])
+            groups = self.network.parameter_groups(
+                unet_lr=config.unet_lr or config.learning_rate,
+                text_encoder_lr=config.text_encoder_lr or config.learning_rate,
+            )
+        else:
+            model.unet.requires_grad_(True)
+            groups = [{"params": list(model.unet.parameters()), "lr": config.unet_lr or config.learning_rate}]
+            if config.train_text_encoder:
+                model.text_encoder.requires_grad_(True)
+                groups.append(
+                    {
+                        "params": list(model.text_encoder.parameters()),
+                        "lr": config.text_encoder_lr or config.learning_rate,
+                    }
+                )
+        self.trains_text_encoder = (self.network is not None and len(self.network.text_encoder_loras) > 0) or (
+            self.network is None and config.train_text_encoder
+        )
+        if config.gradient_checkpointing:
+            model.unet.enable_gradient_checkpointing()
+            if self.trains_text_encoder:
+                model.text_encoder.gradient_checkpointing_enable()
+        model.unet.train()
+        model.text_encoder.train(self.trains_text_encoder)
+        self.params = [p for g in groups for p in g["params"]]
+        self.optimizer = make_optimizer(config.optimizer_type, groups, config.learning_rate)
+
+        self.batches_per_epoch = len(data.epoch_batches(self.items, config.train_batch_size, config.seed, 0))
+        steps_per_epoch = math.ceil(self.batches_per_epoch / config.gradient_accumulation_steps)
+        if config.max_train_epochs:
+            self.total_steps = config.max_train_epochs * steps_per_epoch
+        else:
+            self.total_steps = config.max_train_steps
+        self.num_epochs = math.ceil(self.total_steps / steps_per_epoch)
+        self.lr_scheduler = make_lr_scheduler(
+            config.lr_scheduler, self.optimizer, config.lr_warmup_steps, self.total_steps
+        )
+        self.position = Position()
+        if config.resume:
+            self._resume(config.resume)
+
+    def _trainable_state(self) -> dict[str, torch.Tensor]:
+        if self.network is not None:
+            return self.network.kohya_state_dict()
+        state = {f"unet.{k}": v for k, v in self.model.unet.state_dict().items()}
+        if self.config.train_text_encoder:
+            state.update({f"text_encoder.{k}": v for k, v in self.model.text_encoder.state_dict().items()})
+        return state
+
+    def _resume(self, folder: str) -> None:
+        trainable, optimizer, scheduler, rng, position = load_state(folder)
+        if self.network is not None:
+            self.network.load_kohya_state_dict(trainable)
+        else:
+            self.model.unet.load_state_dict({k[5:]: v for k, v in trainable.items() if k.startswith("unet.")})
+            te = {k[13:]: v for k, v in trainable.items() if k.startswith("text_encoder.")}
+            if te:
+                self.model.text_encoder.load_state_dict(te)
+        self.optimizer.load_state_dict(optimizer)
+        self.lr_scheduler.load_state_dict(scheduler)
+        torch.set_rng_state(rng["torch"])
+        self.noise_generator.set_state(rng["gen_noise"])
+        self.position = position
+        self.progress.message(f"Resumed from {folder} at step {position.step}.")
+
+    # --- one step -----------------------------------------------------------------------------------------------
+
+    def _latents(self, batch: list[data.TrainItem], flips: list[bool]) -> torch.Tensor:
+        if all(item.latents_path is not None for item in batch):
+            latents = torch.stack([data.load_cached_latents(i, f) for i, f in zip(batch, flips, strict=True)])
+        else:
+            pixels = torch.stack([data.load_pixels(item) for item in batch])
+            flipped = torch.stack([torch.flip(p, dims=[2]) if f else p for p, f in zip(pixels, flips, strict=True)])
+            with torch.no_grad():
+                dist = self.model.vae.encode(flipped.to(self.device, self.model.vae.dtype)).latent_dist
+                latents = dist.sample(generator=self.noise_generator).float()
+        return latents.to(self.device) * self.model.vae_scaling_factor
+
+    def _loss(self, batch: list[data.TrainItem], epoch: int, batch_index: int) -> torch.Tensor:
+        config = self.config
+        caption_rng = torch.Generator().manual_seed(config.seed * 7919 + epoch * 100_003 + batch_index)
+        captions = [data.process_caption(item.caption, config, caption_rng) for item in batch]
+        flips = [config.flip_aug and bool(torch.rand((), generator=caption_rng) < 0.5) for _ in batch]
+        latents = self._latents(batch, flips)
+
+        noise = torch.randn(latents.shape, generator=self.noise_generator).to(self.device)
+        if config.noise_offset:
+            offset = torch.randn((latents.shape[0], latents.shape[1], 1, 1), generator=self.noise_generator)
+            noise = noise + config.noise_offset * offset.to(self.device)
+        steps = self.noise_scheduler.config.num_train_timesteps
+        timesteps = torch.randint(0, steps, (latents.shape[0],), generator=self.noise_generator).to(self.device)
+        noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
+
+        ids = text.tokenize(self.model.tokenizer, captions, config.max_token_length)
+        with torch.set_grad_enabled(self.trains_text_encoder), self.accelerator.autocast():
+            states = text.encode(self.model.text_encoder, ids, config.clip_skip)
+        with self.accelerator.autocast():
+            prediction = self.model.unet(noisy, timesteps, encoder_hidden_states=states).sample
+
+        v_target = self.model.v_prediction
+        target = self.noise_scheduler.get_velocity(latents, noise, timesteps) if v_target else noise
+        loss = F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=[1, 2, 3])
+        if config.min_snr_gamma:
+            loss = loss * self._min_snr_weights(timesteps)
+        return loss.mean()
+
+    def _min_snr_weights(self, timesteps: torch.Tensor) -> torch.Tensor:
+        alphas_cumprod = self.noise_scheduler.alphas_cumprod.to(timesteps.device)[timesteps]
+        snr = alphas_cumprod / (1 - alphas_cumprod)
+        weight = torch.clamp(snr, max=self.config.min_snr_gamma) / snr
+        return weight * snr / (snr + 1) if self.model.v_prediction else weight
+
+    def _optimizer_step(self) -> None:
+        if self.accelerator.num_processes > 1:  # data parallel: average gradients over processes
+            for p in self.params:
+                if p.grad is not None:
+                    p.grad = self.accelerator.reduce(p.grad, reduction="mean")
+        if self.config.max_grad_norm:
+            torch.nn.utils.clip_grad_norm_(self.params, self.config.max_grad_norm)
+        self.optimizer.step()
+        self.lr_scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    # --- saving ---------------------------------------------------------------------------------------------------
+
+    def save_model(self, suffix: str = "") -> Path:
+        config = self.config
+        path = self.output_dir / f"{config.output_name}{suffix}.safetensors"
+        if self.network is not None:
+            metadata = lora_metadata(self, finished=not suffix)
+            save_lora(self.network.kohya_state_dict(), path, metadata, config.save_precision)
+        else:
+            from lib_sdtrain.models.saving import save_sd_checkpoint
+
+            save_sd_checkpoint(self.model, path, dtype=SAVE_DTYPES[config.save_precision])
+        self.last_good_save = path
+        self.progress.message(f"Saved {path}")
+        return path
+
+    def save_training_state(self, suffix: str) -> Path:
+        folder = self.output_dir / f"{self.config.output_name}{suffix}-state"
+        save_state(
+            folder, self._trainable_state(), self.optimizer, self.lr_scheduler, self.position,
+            {"noise": self.noise_generator},
+        )  # fmt: skip
+        return folder
+
+    def _sample(self, epoch: int) -> None:
+        if not self.prompts:
+            return
+        was_training = self.model.unet.training
+        self.model.unet.eval()
+        results = generate_samples(
+            self.model, self.prompts, self.output_dir / "sample", self.config.output_name,
+            epoch + 1, self.position.step, self.config.clip_skip,
+        )  # fmt: skip
+        self.model.unet.train(was_training)
+        for path, image in results:
+            self.samples.append(path)
+            self.progress.image(image, caption=path.name)
+
+    # --- the loop -------------------------------------------------------------------------------------------------
+
+    def run(self) -> TrainResult:
+        self.setup()
+        config, progress = self.config, self.progress
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        progress.start(self.total_steps, "training")
+        progress.state.done = self.position.step
+        losses: list[float] = []
+        accumulated = 0
+        state_dir = None
+        try:
+            for epoch in range(self.position.epoch, self.num_epochs):
+                batches = data.epoch_batches(self.items, config.train_batch_size, config.seed, epoch)
+                for batch_index in range(self.position.batch if epoch == self.position.epoch else 0, len(batches)):
+                    batch = [self.items[i] for i in batches[batch_index]]
+                    loss = self._guarded(lambda: self._loss(batch, epoch, batch_index))  # noqa: B023
+                    if not torch.isfinite(loss):
+                        kept = f" The last good save is kept: {self.last_good_save}." if self.last_good_save else ""
+                        raise TrainingDiverged(
+                            f"The loss became {loss.item()} at step {self.position.step + 1}; training stopped.{kept} "
+                            "Lower learning_rate, use mixed_precision bf16 or no, or check the data."
+                        )
+                    self._guarded(lambda: self.accelerator.backward(loss / config.gradient_accumulation_steps))  # noqa: B023
+                    accumulated += 1
+                    self.position.batch = batch_index + 1
+                    if accumulated < config.gradient_accumulation_steps and batch_index + 1 < len(batches):
+                        continue
+                    accumulated = 0
+                    self._optimizer_step()
+                    self.position.step += 1
+                    losses.append(loss.item())
+                    progress.advance(1, loss=losses[-1], lr=self.lr_scheduler.get_last_lr()[0], epoch=epoch + 1)
+                    self._after_step(epoch)
+                    if self.position.step >= self.total_steps:
+                        break
+                    progress.check_cancelled()
+                self.position.epoch, self.position.batch = epoch + 1, 0
+                self._after_epoch(epoch)
+                if self.position.step >= self.total_steps:
+                    break
+            output = self.save_model()
+            if config.save_state:
+                state_dir = self.save_training_state("")
+            self._sample(self.position.epoch - 1)
+        except Cancelled:
+            output = self.save_model()
+            state_dir = self.save_training_state("")
+            raise Cancelled(
+                f"Cancelled at step {self.position.step}. Saved {output} and the state {state_dir} "
+                "(continue with resume = that folder)."
+            ) from None
+        finally:
+            progress.finish()
+            if self.network is not None:
+                self.network.detach()
+        return TrainResult(output, self.position.step, losses, state_dir, self.samples)
+
+    def _guarded(self, fn):
+        try:
+            return fn()
+        except torch.cuda.OutOfMemoryError as e:
+            raise SDTrainError(OOM_ADVICE) from e
+        except RuntimeError as e:
+            if "out of memory" in str(e).lower():
+                raise SDTrainError(OOM_ADVICE) from e
+            raise
+
+    def _after_step(self, epoch: int) -> None:
+        config, step = self.config, self.position.step
+        if config.save_every_n_steps and step % config.save_every_n_steps == 0 and step < self.total_steps:
+            self.save_model(f"-step{step:08d}")
+            if config.save_state:
+                self.save_training_state(f"-step{step:08d}")
+        if config.sample_every_n_steps and step % config.sample_every_n_steps == 0:
+            self._sample(epoch)
+
+    def _after_epoch(self, epoch: int) -> None:
+        config, number = self.config, epoch + 1
+        if config.save_every_n_epochs and number % config.save_every_n_epochs == 0 and number < self.num_epochs:
+            self.save_model(f"-{number:06d}")
+            if config.save_state:
+                self.save_training_state(f"-{number:06d}")
+        if config.sample_every_n_epochs and number % config.sample_every_n_epochs == 0:
+            self._sample(epoch)
+
+
+def train(config: TrainConfig, model: SDModel | None = None, progress: Progress | None = None) -> TrainResult:
+    return Trainer(config, model, progress).run()
+
+
+def _load_model(config: TrainConfig) -> SDModel:
+    from lib_sdtrain.models.loading import load_sd_model
+
+    prediction = "v_prediction" if config.v_parameterization else None
+    return load_sd_model(config.pretrained_model_name_or_path, tokenizer=config.tokenizer, prediction_type=prediction)
+
+
+def _make_accelerator(config: TrainConfig):
+    """An Accelerator for this run. accelerate keeps one configuration per process; a long-lived WebUI process
+    trains many times with different settings, so the previous run's state is reset first."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=False)
+    GradientState._reset_state()
+    mixed = config.mixed_precision
+    if mixed == "fp16" and not torch.cuda.is_available():
+        raise SDTrainError("mixed_precision fp16 needs a GPU; use bf16 or no on this machine.")
+    return Accelerator(mixed_precision=mixed, cpu=not torch.cuda.is_available())
