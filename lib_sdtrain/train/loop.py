@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from lib_sdtrain.errors import Cancelled, SDTrainError
+from lib_sdtrain.errors import Cancelled, ConfigError, SDTrainError
 from lib_sdtrain.models.sd_model import SDModel
 from lib_sdtrain.train import data, text
 from lib_sdtrain.train.config import TrainConfig
@@ -240,14 +240,14 @@ class Trainer:
         )  # fmt: skip
         return folder
 
-    def _sample(self, epoch: int) -> None:
+    def _sample(self, label: str) -> None:
         if not self.prompts:
             return
         was_training = self.model.unet.training
         self.model.unet.eval()
         results = generate_samples(
             self.model, self.prompts, self.output_dir / "sample", self.config.output_name,
-            epoch + 1, self.position.step, self.config.clip_skip,
+            label, self.position.step, self.config.clip_skip,
         )  # fmt: skip
         self.model.unet.train(was_training)
         for path, image in results:
@@ -287,7 +287,7 @@ class Trainer:
                     self.position.step += 1
                     losses.append(loss.item())
                     progress.advance(1, loss=losses[-1], lr=self.lr_scheduler.get_last_lr()[0], epoch=epoch + 1)
-                    self._after_step(epoch)
+                    self._after_step()
                     if self.position.step >= self.total_steps:
                         break
                     progress.check_cancelled()
@@ -298,7 +298,7 @@ class Trainer:
             output = self.save_model()
             if config.save_state:
                 state_dir = self.save_training_state("")
-            self._sample(self.position.epoch - 1)
+            self._sample(f"e{self.position.epoch:06d}")
         except Cancelled:
             output = self.save_model()
             state_dir = self.save_training_state("")
@@ -322,14 +322,14 @@ class Trainer:
                 raise SDTrainError(OOM_ADVICE) from e
             raise
 
-    def _after_step(self, epoch: int) -> None:
+    def _after_step(self) -> None:
         config, step = self.config, self.position.step
         if config.save_every_n_steps and step % config.save_every_n_steps == 0 and step < self.total_steps:
             self.save_model(f"-step{step:08d}")
             if config.save_state:
                 self.save_training_state(f"-step{step:08d}")
-        if config.sample_every_n_steps and step % config.sample_every_n_steps == 0:
-            self._sample(epoch)
+        if config.sample_every_n_steps and step % config.sample_every_n_steps == 0 and step < self.total_steps:
+            self._sample(f"{step:06d}")
 
     def _after_epoch(self, epoch: int) -> None:
         config, number = self.config, epoch + 1
@@ -337,8 +337,8 @@ class Trainer:
             self.save_model(f"-{number:06d}")
             if config.save_state:
                 self.save_training_state(f"-{number:06d}")
-        if config.sample_every_n_epochs and number % config.sample_every_n_epochs == 0:
-            self._sample(epoch)
+        if config.sample_every_n_epochs and number % config.sample_every_n_epochs == 0 and number < self.num_epochs:
+            self._sample(f"e{number:06d}")
 
 
 def train(config: TrainConfig, model: SDModel | None = None, progress: Progress | None = None) -> TrainResult:
@@ -362,5 +362,5 @@ def _make_accelerator(config: TrainConfig):
     GradientState._reset_state()
     mixed = config.mixed_precision
     if mixed == "fp16" and not torch.cuda.is_available():
-        raise SDTrainError("mixed_precision fp16 needs a GPU; use bf16 or no on this machine.")
+        raise ConfigError("mixed_precision fp16 needs a GPU; use bf16 or no on this machine.")
     return Accelerator(mixed_precision=mixed, cpu=not torch.cuda.is_available())

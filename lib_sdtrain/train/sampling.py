@@ -68,12 +68,13 @@ def read_prompt_file(path: str | Path) -> list[SamplePrompt]:
 
 @torch.no_grad()
 def generate_samples(
-    model, prompts: list[SamplePrompt], out_dir: Path, name: str, epoch: int, step: int, clip_skip: int
+    model, prompts: list[SamplePrompt], out_dir: Path, name: str, label: str, step: int, clip_skip: int
 ):
-    """Render each prompt with the model as it is now (LoRA attached); returns [(path, image)]."""
+    """Render each prompt with the model as it is now (LoRA attached); returns [(path, image)]. `label` is kohya's
+    file-name part: `e000003` after an epoch, `000500` after a step."""
     from diffusers import DDIMScheduler, StableDiffusionPipeline
 
-    scheduler = DDIMScheduler(**{**model.noise_scheduler().config, "clip_sample": False, "set_alpha_to_one": False})
+    scheduler = DDIMScheduler.from_config(model.noise_scheduler().config, clip_sample=False, set_alpha_to_one=False)
     pipe = StableDiffusionPipeline(
         vae=model.vae,
         text_encoder=model.text_encoder,
@@ -100,7 +101,7 @@ def generate_samples(
             generator=torch.Generator(device="cpu").manual_seed(seed),
             clip_skip=clip_skip - 1 if clip_skip > 1 else None,
         ).images[0]
-        path = out_dir / f"{name}_e{epoch:06d}_{index:02d}_{stamp}_{seed}.png"
+        path = out_dir / f"{name}_{label}_{index:02d}_{stamp}_{seed}.png"
         with atomic_path(path) as tmp:
             image.save(tmp, format="PNG")
         results.append((path, image))

@@ -71,4 +71,3 @@ def load_state(folder: str | Path) -> tuple[dict[str, torch.Tensor], dict, dict,
     rng = torch.load(folder / "rng.pt", map_location="cpu", weights_only=True)
     position = Position(**json.loads((folder / "train_state.json").read_text(encoding="utf-8")))
     return trainable, optimizer, scheduler, rng, position
-
