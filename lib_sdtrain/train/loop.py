@@ -120,7 +120,7 @@ class Trainer:
         self.params = [p for g in groups for p in g["params"]]
         self.optimizer = make_optimizer(config.optimizer_type, groups, config.learning_rate)
 
-        self.batches_per_epoch = len(data.epoch_batches(self.items, config.train_batch_size, config.seed, 0))
+        self.batches_per_epoch = len(self._epoch_batches(0))
         steps_per_epoch = math.ceil(self.batches_per_epoch / config.gradient_accumulation_steps)
         if config.max_train_epochs:
             self.total_steps = config.max_train_epochs * steps_per_epoch
@@ -133,6 +133,27 @@ class Trainer:
         self.position = Position()
         if config.resume:
             self._resume(config.resume)
+
+    def _epoch_batches(self, epoch: int) -> list[list[int]]:
+        """This process's share of the epoch: with several processes (data parallel) each takes every n-th batch,
+        all the same number, so gradient averaging never waits for a process that has run out."""
+        batches = data.epoch_batches(self.items, self.config.train_batch_size, self.config.seed, epoch)
+        world, rank = self.accelerator.num_processes, self.accelerator.process_index
+        if world == 1:
+            return batches
+        if len(batches) < world:
+            raise SDTrainError(f"{len(batches)} batches per epoch cannot be shared by {world} processes.")
+        return batches[: len(batches) // world * world][rank::world]
+
+    def _check_processes_in_sync(self) -> None:
+        """Data parallel training must end with the same weights everywhere; say so, or fail loudly."""
+        if self.accelerator.num_processes == 1:
+            return
+        checksum = torch.stack([p.detach().double().sum() for p in self.params]).sum().reshape(1)
+        sums = self.accelerator.gather(checksum)
+        if not torch.allclose(sums, sums[0].expand_as(sums)):
+            raise SDTrainError(f"Processes ended with different weights (checksums {sums.tolist()}).")
+        self.progress.message(f"{self.accelerator.num_processes} processes, weights in sync")
 
     def _trainable_state(self) -> dict[str, torch.Tensor]:
         if self.network is not None:
@@ -221,6 +242,8 @@ class Trainer:
     def save_model(self, suffix: str = "") -> Path:
         config = self.config
         path = self.output_dir / f"{config.output_name}{suffix}.safetensors"
+        if not self.accelerator.is_main_process:  # one writer; the weights are the same everywhere
+            return path
         if self.network is not None:
             metadata = lora_metadata(self, finished=not suffix)
             save_lora(self.network.kohya_state_dict(), path, metadata, config.save_precision)
@@ -234,6 +257,8 @@ class Trainer:
 
     def save_training_state(self, suffix: str) -> Path:
         folder = self.output_dir / f"{self.config.output_name}{suffix}-state"
+        if not self.accelerator.is_main_process:
+            return folder
         save_state(
             folder, self._trainable_state(), self.optimizer, self.lr_scheduler, self.position,
             {"noise": self.noise_generator},
@@ -267,7 +292,7 @@ class Trainer:
         state_dir = None
         try:
             for epoch in range(self.position.epoch, self.num_epochs):
-                batches = data.epoch_batches(self.items, config.train_batch_size, config.seed, epoch)
+                batches = self._epoch_batches(epoch)
                 for batch_index in range(self.position.batch if epoch == self.position.epoch else 0, len(batches)):
                     batch = [self.items[i] for i in batches[batch_index]]
                     loss = self._guarded(lambda: self._loss(batch, epoch, batch_index))  # noqa: B023
@@ -295,6 +320,7 @@ class Trainer:
                 self._after_epoch(epoch)
                 if self.position.step >= self.total_steps:
                     break
+            self._check_processes_in_sync()
             output = self.save_model()
             if config.save_state:
                 state_dir = self.save_training_state("")

@@ -212,3 +212,25 @@ sample_prompts = "{prompts}"
     sample_dir = tmp_path / "out" / "sample"
     assert len(list(sample_dir.glob("tutorial_000002_00_*_5.png"))) == 1  # after step 2
     assert len(list(sample_dir.glob("tutorial_e0*_00_*_5.png"))) == 1  # at the end
+
+
+def test_data_parallel_with_two_cpu_processes(tiny_sd_dir, sks_dataset, tmp_path):
+    """torchrun starts two ranks (gloo on CPU); each trains on its share of the batches, gradients are averaged,
+    and both end with the same weights (the run checks and reports it)."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable))
+    toml = tmp_path / "ddp.toml"
+    settings = train_settings(tiny_sd_dir, sks_dataset, tmp_path / "out", max_train_steps=4, train_batch_size=2)
+    toml.write_text("\n".join(f"{k} = {v!r}".replace("'", '"') for k, v in settings.items()) + "\n")
+    result = subprocess.run(
+        [torchrun, "--nproc_per_node", "2", "--master_port", "29517", "-m", "lib_sdtrain", "train",
+         "--config_file", str(toml)],
+        capture_output=True, text=True, timeout=240, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "2 processes, weights in sync" in result.stdout + result.stderr
+    assert (tmp_path / "out" / "sks.safetensors").is_file()
