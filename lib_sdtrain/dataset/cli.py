@@ -1,0 +1,117 @@
+"""`sdtrain caption DIR ...` (BLIP) and `sdtrain tag DIR ...` (WD14), with kohya's option names."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register_cli(subparsers: argparse._SubParsersAction) -> None:
+    _register_caption(subparsers)
+    _register_tag(subparsers)
+
+
+def _register_tag(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "tag",
+        help="tag images with a WD14 tagger (ONNX)",
+        description="Write <image>.txt with WD14 tags (kohya's tag_images_by_wd14_tagger.py options). "
+        "Existing tag files are kept unless --overwrite or --append_tags.",
+    )
+    p.add_argument("train_data_dir", help="folder of images")
+    p.add_argument("--model_dir", help="folder with model.onnx and selected_tags.csv (or a cache folder for --repo_id)")
+    p.add_argument("--repo_id", default="SmilingWolf/wd-v1-4-convnext-tagger-v2", help="hub id of the tagger")
+    p.add_argument("--thresh", type=float, default=0.35, help="threshold for tags (0.35)")
+    p.add_argument("--general_threshold", type=float, help="threshold for general tags (default: --thresh)")
+    p.add_argument("--character_threshold", type=float, help="threshold for character tags (default: --thresh)")
+    p.add_argument("--remove_underscore", action="store_true", help="'long_hair' -> 'long hair' (tags over 3 chars)")
+    p.add_argument("--undesired_tags", default="", help="comma-separated tags never to write")
+    p.add_argument("--caption_extension", default=".txt", help="extension of the tag files (.txt)")
+    p.add_argument("--caption_separator", default=", ", help="separator between tags (', ')")
+    p.add_argument("--append_tags", action="store_true", help="add new tags to existing tag files")
+    p.add_argument("--overwrite", action="store_true", help="replace existing tag files")
+    p.add_argument("--use_rating_tags", action="store_true", help="put the most likely rating tag first")
+    p.add_argument("--batch_size", type=int, default=1)
+    p.add_argument("--max_data_loader_n_workers", type=int, default=None, help="accepted for kohya compatibility")
+    p.add_argument("--recursive", action="store_true", help="also tag images in sub-folders")
+    p.add_argument("--debug", action="store_true", help="print each image's tags")
+    p.set_defaults(handler=run_tag)
+
+
+def run_tag(args: argparse.Namespace) -> int:
+    from lib_sdtrain.dataset.tagging import TagOptions, find_tagger, tag_images
+    from lib_sdtrain.utils.progress import TqdmProgress
+
+    options = TagOptions(
+        thresh=args.thresh,
+        general_threshold=args.general_threshold,
+        character_threshold=args.character_threshold,
+        remove_underscore=args.remove_underscore,
+        undesired_tags=args.undesired_tags,
+        caption_extension=args.caption_extension,
+        caption_separator=args.caption_separator,
+        append_tags=args.append_tags,
+        overwrite=args.overwrite,
+        use_rating_tags=args.use_rating_tags,
+        batch_size=args.batch_size,
+        recursive=args.recursive,
+        debug=args.debug,
+    )
+    summary = tag_images(args.train_data_dir, find_tagger(args.model_dir, args.repo_id), options, TqdmProgress())
+    _print_summary("tagged", summary.written, summary.skipped_existing, summary.failed)
+    return 0
+
+
+def _print_summary(verb: str, written: int, skipped: int, failed: dict[str, str]) -> None:
+    print(f"{verb} {written} images; kept {skipped} existing files; {len(failed)} unreadable")
+    for path, reason in failed.items():
+        print(f"  {path}: {reason}")
+
+
+def _register_caption(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "caption",
+        help="caption images with BLIP",
+        description="Write <image>.caption with BLIP (kohya's make_captions.py options). "
+        "Existing caption files are kept unless --overwrite.",
+    )
+    p.add_argument("train_data_dir", help="folder of images")
+    p.add_argument(
+        "--caption_weights",
+        default="Salesforce/blip-image-captioning-large",
+        help="BLIP model: a transformers folder or hub id (default Salesforce/blip-image-captioning-large)",
+    )
+    p.add_argument("--caption_extension", default=".caption", help="extension of the caption files (.caption)")
+    p.add_argument("--batch_size", type=int, default=1)
+    p.add_argument("--beam_search", action="store_true", help="beam search (default: nucleus sampling, top_p 0.9)")
+    p.add_argument("--num_beams", type=int, default=1)
+    p.add_argument("--top_p", type=float, default=0.9)
+    p.add_argument("--min_length", type=int, default=5)
+    p.add_argument("--max_length", type=int, default=75)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--overwrite", action="store_true", help="replace existing caption files")
+    p.add_argument("--max_data_loader_n_workers", type=int, default=None, help="accepted for kohya compatibility")
+    p.add_argument("--recursive", action="store_true")
+    p.add_argument("--debug", action="store_true", help="print each image's caption")
+    p.set_defaults(handler=run_caption)
+
+
+def run_caption(args: argparse.Namespace) -> int:
+    from lib_sdtrain.dataset.captioning import CaptionOptions, caption_images, load_blip
+    from lib_sdtrain.utils.progress import TqdmProgress
+
+    options = CaptionOptions(
+        caption_extension=args.caption_extension,
+        batch_size=args.batch_size,
+        beam_search=args.beam_search,
+        num_beams=args.num_beams,
+        top_p=args.top_p,
+        min_length=args.min_length,
+        max_length=args.max_length,
+        seed=args.seed,
+        overwrite=args.overwrite,
+        recursive=args.recursive,
+        debug=args.debug,
+    )
+    summary = caption_images(args.train_data_dir, load_blip(args.caption_weights), options, TqdmProgress())
+    _print_summary("captioned", summary.written, summary.skipped_existing, summary.failed)
+    return 0

@@ -1,0 +1,191 @@
+"""Tagging images with a WD14 tagger (ONNX), with the options and output of kohya's tag_images_by_wd14_tagger.py.
+
+A tagger is a folder with `model.onnx` and `selected_tags.csv` (header tag_id,name,category,count; category 9 =
+rating, 0 = general, 4 = character), or a hub id such as SmilingWolf/wd-v1-4-moat-tagger-v2 (downloaded when the
+hub is reachable). Images are prepared as the models expect: alpha on white, padded to a white square (centred),
+resized to the model's input size, BGR, float32 0-255, NHWC.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from lib_sdtrain.dataset.images import ImageLoadError, list_images, load_image_rgb
+from lib_sdtrain.errors import DatasetError, ModelLoadError
+from lib_sdtrain.utils.files import atomic_write_text
+from lib_sdtrain.utils.progress import Progress
+
+DEFAULT_REPO = "SmilingWolf/wd-v1-4-convnext-tagger-v2"
+RATING, GENERAL, CHARACTER = 9, 0, 4
+
+
+@dataclass
+class TagOptions:
+    thresh: float = 0.35
+    general_threshold: float | None = None
+    character_threshold: float | None = None
+    remove_underscore: bool = False
+    undesired_tags: str = ""
+    caption_extension: str = ".txt"
+    caption_separator: str = ", "
+    append_tags: bool = False
+    overwrite: bool = False
+    use_rating_tags: bool = False
+    batch_size: int = 1
+    recursive: bool = False
+    debug: bool = False
+
+
+@dataclass
+class TagSummary:
+    written: int = 0
+    skipped_existing: int = 0
+    failed: dict[str, str] = field(default_factory=dict)
+    provider: str = ""
+
+
+@dataclass(frozen=True)
+class Tagger:
+    model_path: Path
+    tags: list[tuple[str, int]]  # (name, category), in the model's output order
+
+
+def find_tagger(model_dir: str | None = None, repo_id: str = DEFAULT_REPO) -> Tagger:
+    """The tagger in `model_dir` (kohya's usage: the folder itself), else `repo_id` from the hub or its cache."""
+    if model_dir and (Path(model_dir) / "model.onnx").is_file():
+        folder = Path(model_dir)
+        model, tags = folder / "model.onnx", folder / "selected_tags.csv"
+    elif model_dir and Path(model_dir).exists():
+        raise ModelLoadError(
+            f"{model_dir} has no model.onnx: give the folder that holds model.onnx and selected_tags.csv."
+        )
+    else:
+        model, tags = _download(repo_id, model_dir)
+    if not tags.is_file():
+        raise ModelLoadError(f"selected_tags.csv is missing beside {model}.")
+    with open(tags, encoding="utf-8", newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows or not {"name", "category"} <= set(rows[0]):
+        raise ModelLoadError(f"{tags} is not a WD14 tag list (expected the columns tag_id,name,category,count).")
+    return Tagger(model, [(row["name"], int(row["category"])) for row in rows])
+
+
+def _download(repo_id: str, cache_dir: str | None) -> tuple[Path, Path]:
+    from huggingface_hub import hf_hub_download
+
+    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+    try:
+        files = [
+            Path(hf_hub_download(repo_id, name, cache_dir=cache_dir, local_files_only=offline))
+            for name in ("model.onnx", "selected_tags.csv")
+        ]
+    except Exception as e:  # hub errors come in many classes; all mean the same thing to the user
+        raise ModelLoadError(
+            f"Could not get the tagger {repo_id} ({type(e).__name__}). Download model.onnx and selected_tags.csv "
+            "from it and give their folder with --model_dir."
+        ) from e
+    return files[0], files[1]
+
+
+def make_session(tagger: Tagger):
+    """An onnxruntime session on CUDA when this onnxruntime build can use it, else the CPU."""
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+    try:
+        return ort.InferenceSession(str(tagger.model_path), providers=providers)
+    except Exception as e:  # onnxruntime raises its own exception types for bad files
+        raise ModelLoadError(f"{tagger.model_path} is not a usable ONNX model: {e}") from e
+
+
+def prepare_image(image: Image.Image, size: int) -> np.ndarray:
+    """RGB image (alpha already on white) -> [size, size, 3] float32 BGR 0-255, padded to a white square first."""
+    side = max(image.size)
+    square = Image.new("RGB", (side, side), (255, 255, 255))
+    square.paste(image, ((side - image.width) // 2, (side - image.height) // 2))
+    if side != size:
+        # kohya: OpenCV INTER_AREA when shrinking, LANCZOS when enlarging; Pillow's BOX is the area average.
+        square = square.resize((size, size), Image.Resampling.BOX if side > size else Image.Resampling.LANCZOS)
+    return np.asarray(square, dtype=np.float32)[:, :, ::-1].copy()
+
+
+def select_tags(probs: np.ndarray, tagger: Tagger, options: TagOptions) -> list[str]:
+    general = options.general_threshold if options.general_threshold is not None else options.thresh
+    character = options.character_threshold if options.character_threshold is not None else options.thresh
+    undesired = {t.strip() for t in options.undesired_tags.split(",") if t.strip()}
+    chosen, ratings = [], []
+    for (name, category), p in zip(tagger.tags, probs, strict=True):
+        if category == RATING:
+            ratings.append((p, name))
+            continue
+        if (category == GENERAL and p >= general) or (category == CHARACTER and p >= character):
+            chosen.append(name)
+    if options.use_rating_tags and ratings:
+        chosen.insert(0, max(ratings)[1])  # the most likely rating first, as kohya
+    if options.remove_underscore:
+        chosen = [t.replace("_", " ") if len(t) > 3 else t for t in chosen]  # keeps faces like ^_^
+    return [t for t in chosen if t not in undesired]
+
+
+def tag_images(folder: str | Path, tagger: Tagger, options: TagOptions, progress: Progress | None = None) -> TagSummary:
+    progress = progress or Progress()
+    images = list_images(folder, options.recursive)
+    if not images:
+        raise DatasetError(f"No images found in {folder}.")
+    session = make_session(tagger)
+    summary = TagSummary(provider=session.get_providers()[0])
+    progress.message(f"Tagging {len(images)} images with {tagger.model_path.name} on {summary.provider}.")
+    model_input = session.get_inputs()[0]
+    size = int(model_input.shape[1]) if isinstance(model_input.shape[1], int) else 448
+    todo = []
+    for path in images:
+        target = path.with_suffix(options.caption_extension)
+        if target.exists() and not (options.overwrite or options.append_tags):
+            summary.skipped_existing += 1
+        else:
+            todo.append(path)
+    progress.start(len(todo), "tagging")
+    for start in range(0, len(todo), options.batch_size):
+        progress.check_cancelled()
+        batch, arrays = [], []
+        for path in todo[start : start + options.batch_size]:
+            try:
+                arrays.append(prepare_image(load_image_rgb(path), size))
+                batch.append(path)
+            except ImageLoadError as e:
+                summary.failed[str(path)] = e.reason
+                progress.message(f"skipped {path.name}: {e.reason}")
+        if batch:
+            probs = session.run(None, {model_input.name: np.stack(arrays)})[0]
+            for path, row in zip(batch, probs, strict=True):
+                _write_tags(path, select_tags(row, tagger, options), options, progress)
+                summary.written += 1
+        progress.advance(len(todo[start : start + options.batch_size]))
+    progress.finish()
+    return summary
+
+
+def _write_tags(path: Path, tags: list[str], options: TagOptions, progress: Progress) -> None:
+    target = path.with_suffix(options.caption_extension)
+    if options.append_tags and target.exists():
+        existing = [t.strip() for t in _read_text(target).split(options.caption_separator.strip()) if t.strip()]
+        tags = existing + [t for t in tags if t not in existing]
+    text = options.caption_separator.join(tags)
+    atomic_write_text(target, text + "\n")
+    if options.debug:
+        progress.message(f"{path}: {text}")
+
+
+def _read_text(path: Path) -> str:
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        return data.decode("cp1252", errors="replace")
