@@ -1,0 +1,118 @@
+"""Captioning with BLIP (transformers' BlipForConditionalGeneration), with kohya's make_captions.py options.
+
+The model is a transformers folder or a hub id (default Salesforce/blip-image-captioning-large). Generation follows
+kohya: beam search with repetition penalty 1.0, or nucleus sampling (top_p 0.9) with repetition penalty 1.1;
+captions are conditioned on the prompt "a picture of", which is then stripped, as kohya's BLIP does.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from lib_sdtrain.dataset.images import ImageLoadError, list_images, load_image_rgb
+from lib_sdtrain.errors import DatasetError, ModelLoadError
+from lib_sdtrain.utils.files import atomic_write_text
+from lib_sdtrain.utils.progress import Progress
+
+PROMPT = "a picture of"
+
+
+@dataclass
+class CaptionOptions:
+    caption_extension: str = ".caption"
+    batch_size: int = 1
+    beam_search: bool = False
+    num_beams: int = 1
+    top_p: float = 0.9
+    min_length: int = 5
+    max_length: int = 75
+    seed: int = 42
+    overwrite: bool = False
+    recursive: bool = False
+    debug: bool = False
+
+
+@dataclass
+class CaptionSummary:
+    written: int = 0
+    skipped_existing: int = 0
+    failed: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Blip:
+    model: object
+    processor: object
+    device: torch.device
+
+
+def load_blip(source: str, device: str | None = None) -> Blip:
+    from transformers import BlipForConditionalGeneration, BlipProcessor
+
+    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes") or Path(source).is_dir()
+    if source.endswith((".pth", ".pt", ".ckpt")):
+        raise ModelLoadError(
+            "The original Salesforce BLIP .pth is not supported yet; use a transformers BLIP folder or hub id "
+            "(Salesforce/blip-image-captioning-large)."
+        )
+    try:
+        processor = BlipProcessor.from_pretrained(source, local_files_only=offline)
+        model = BlipForConditionalGeneration.from_pretrained(source, local_files_only=offline)
+    except (OSError, ValueError) as e:
+        where = "" if Path(source).is_dir() else " (not in the local Hugging Face cache, and the hub is offline?)"
+        raise ModelLoadError(f"Could not load the BLIP model {source}{where}: {e}") from e
+    target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    return Blip(model.to(target).eval(), processor, target)
+
+
+@torch.no_grad()
+def _generate(blip: Blip, images: list, options: CaptionOptions, generator_seed: int) -> list[str]:
+    inputs = blip.processor(images=images, text=[PROMPT] * len(images), return_tensors="pt").to(blip.device)
+    torch.manual_seed(generator_seed)
+    if options.beam_search:
+        kwargs = {"num_beams": options.num_beams, "repetition_penalty": 1.0, "do_sample": False}
+    else:
+        kwargs = {"do_sample": True, "top_p": options.top_p, "repetition_penalty": 1.1}
+    out = blip.model.generate(**inputs, min_length=options.min_length, max_length=options.max_length, **kwargs)
+    texts = blip.processor.batch_decode(out, skip_special_tokens=True)
+    return [t.strip().removeprefix(PROMPT).strip() for t in texts]
+
+
+def caption_images(
+    folder: str | Path, blip: Blip, options: CaptionOptions, progress: Progress | None = None
+) -> CaptionSummary:
+    progress = progress or Progress()
+    images = list_images(folder, options.recursive)
+    if not images:
+        raise DatasetError(f"No images found in {folder}.")
+    summary = CaptionSummary()
+    todo = []
+    for path in images:
+        if path.with_suffix(options.caption_extension).exists() and not options.overwrite:
+            summary.skipped_existing += 1
+        else:
+            todo.append(path)
+    progress.start(len(todo), "captioning")
+    for start in range(0, len(todo), options.batch_size):
+        progress.check_cancelled()
+        batch, pictures = [], []
+        for path in todo[start : start + options.batch_size]:
+            try:
+                pictures.append(load_image_rgb(path))
+                batch.append(path)
+            except ImageLoadError as e:
+                summary.failed[str(path)] = e.reason
+                progress.message(f"skipped {path.name}: {e.reason}")
+        if batch:
+            for path, caption in zip(batch, _generate(blip, pictures, options, options.seed + start), strict=True):
+                atomic_write_text(path.with_suffix(options.caption_extension), caption + "\n")
+                summary.written += 1
+                if options.debug:
+                    progress.message(f"{path}: {caption}")
+        progress.advance(len(todo[start : start + options.batch_size]))
+    progress.finish()
+    return summary
