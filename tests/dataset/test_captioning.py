@@ -21,10 +21,9 @@ from lib_sdtrain.errors import DatasetError, ModelLoadError
 WORDS = ["a", "picture", "of", "red", "blue", "cat", "dog", "sitting", "on", "the", "table", "with", "green"]
 
 
-@pytest.fixture(scope="module")
-def blip_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("blip") / "tiny-blip"
-    folder.mkdir()
+def write_tiny_blip(folder):
+    """BLIP with 32-wide layers and a 19-word vocabulary, saved as a transformers folder (model + processor)."""
+    folder.mkdir(parents=True)
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[DEC]", *WORDS]
     (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
     tokenizer = BertTokenizer(str(folder / "vocab.txt"), bos_token="[DEC]", model_max_length=64)
@@ -42,6 +41,11 @@ def blip_dir(tmp_path_factory):
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="module")
+def blip_dir(tmp_path_factory):
+    return write_tiny_blip(tmp_path_factory.mktemp("blip") / "tiny-blip")
 
 
 @pytest.fixture
