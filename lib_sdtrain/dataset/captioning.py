@@ -8,12 +8,12 @@ captions are conditioned on the prompt "a picture of", which is then stripped, a
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from lib_sdtrain.dataset.images import ImageLoadError, list_images, load_image_rgb
+from lib_sdtrain.dataset.images import ImageJobSummary, ImageLoadError, list_images, load_image_rgb
 from lib_sdtrain.errors import DatasetError, ModelLoadError
 from lib_sdtrain.utils.files import atomic_write_text
 from lib_sdtrain.utils.progress import Progress
@@ -34,13 +34,6 @@ class CaptionOptions:
     overwrite: bool = False
     recursive: bool = False
     debug: bool = False
-
-
-@dataclass
-class CaptionSummary:
-    written: int = 0
-    skipped_existing: int = 0
-    failed: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -84,12 +77,12 @@ def _generate(blip: Blip, images: list, options: CaptionOptions, generator_seed:
 
 def caption_images(
     folder: str | Path, blip: Blip, options: CaptionOptions, progress: Progress | None = None
-) -> CaptionSummary:
+) -> ImageJobSummary:
     progress = progress or Progress()
     images = list_images(folder, options.recursive)
     if not images:
         raise DatasetError(f"No images found in {folder}.")
-    summary = CaptionSummary()
+    summary = ImageJobSummary()
     todo = []
     for path in images:
         if path.with_suffix(options.caption_extension).exists() and not options.overwrite:

@@ -5,6 +5,7 @@ so odd files are handled the same way everywhere: EXIF rotation applied, transpa
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,15 @@ IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp"})
 REPORT_IMAGE_SUFFIX = ".buckets.png"
 # Pillow's own guard (about 179 Mpx) warns first and fails only at twice that; we refuse at the limit itself.
 MAX_IMAGE_PIXELS = 178_956_970
+
+
+@dataclass
+class ImageJobSummary:
+    """What a per-image job (captioning, tagging) did, for the CLI and the UI to show."""
+
+    written: int = 0
+    skipped_existing: int = 0
+    failed: dict[str, str] = field(default_factory=dict)  # path -> reason
 
 
 class ImageLoadError(DatasetError):

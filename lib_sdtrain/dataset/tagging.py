@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import csv
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from lib_sdtrain.dataset.images import ImageLoadError, list_images, load_image_rgb
+from lib_sdtrain.dataset.images import ImageJobSummary, ImageLoadError, list_images, load_image_rgb
+from lib_sdtrain.dataset.metadata import read_caption_file
 from lib_sdtrain.errors import DatasetError, ModelLoadError
 from lib_sdtrain.utils.files import atomic_write_text
 from lib_sdtrain.utils.progress import Progress
@@ -43,10 +44,7 @@ class TagOptions:
 
 
 @dataclass
-class TagSummary:
-    written: int = 0
-    skipped_existing: int = 0
-    failed: dict[str, str] = field(default_factory=dict)
+class TagSummary(ImageJobSummary):
     provider: str = ""
 
 
@@ -175,17 +173,12 @@ def tag_images(folder: str | Path, tagger: Tagger, options: TagOptions, progress
 def _write_tags(path: Path, tags: list[str], options: TagOptions, progress: Progress) -> None:
     target = path.with_suffix(options.caption_extension)
     if options.append_tags and target.exists():
-        existing = [t.strip() for t in _read_text(target).split(options.caption_separator.strip()) if t.strip()]
+        text, warning = read_caption_file(target)
+        if warning:
+            progress.message(warning)
+        existing = [t.strip() for t in text.split(options.caption_separator.strip()) if t.strip()]
         tags = existing + [t for t in tags if t not in existing]
     text = options.caption_separator.join(tags)
     atomic_write_text(target, text + "\n")
     if options.debug:
         progress.message(f"{path}: {text}")
-
-
-def _read_text(path: Path) -> str:
-    data = path.read_bytes()
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        return data.decode("cp1252", errors="replace")

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from lib_sdtrain.dataset.images import ImageLoadError, list_images, load_image_rgb
+from lib_sdtrain.dataset.metadata import read_caption_file
 from lib_sdtrain.errors import DatasetError
 from lib_sdtrain.prepare.buckets import BucketAssigner, BucketChoice, BucketSettings, resize_and_crop
 from lib_sdtrain.train.config import TrainConfig
@@ -110,20 +111,15 @@ def _folder_items(config: TrainConfig, root: Path) -> list[TrainItem]:
     for folder, repeats, class_caption in groups:
         for image in list_images(folder):
             caption_file = image.with_suffix(config.caption_extension)
-            caption = _read_caption(caption_file) if caption_file.is_file() else class_caption
+            caption = _first_line(caption_file) if caption_file.is_file() else class_caption
             item = TrainItem(str(image.relative_to(root)), caption, _image_bucket(image, assigner), image)
             items.extend([item] * repeats)
     return items
 
 
-def _read_caption(path: Path) -> str:
-    data = path.read_bytes()
-    for encoding in ("utf-8-sig", "cp1252", "latin-1"):
-        try:
-            return data.decode(encoding).strip().splitlines()[0] if data.strip() else ""
-        except UnicodeDecodeError:
-            continue
-    return ""  # pragma: no cover - latin-1 decodes everything
+def _first_line(path: Path) -> str:
+    text, _ = read_caption_file(path)
+    return text.splitlines()[0].strip() if text else ""
 
 
 def epoch_batches(items: list[TrainItem], batch_size: int, seed: int, epoch: int) -> list[list[int]]:
