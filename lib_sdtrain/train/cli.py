@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import signal
 import types
 import typing
 
@@ -46,6 +48,30 @@ def run_train(args: argparse.Namespace) -> int:
 
     overrides = {k: v for k, v in vars(args).items() if k not in ("config_file", "handler", "command")}
     config = load_config(args.config_file, overrides)
-    result = train(config, progress=TqdmProgress())
+    progress = TqdmProgress()
+    with _ctrl_c_cancels(progress):
+        result = train(config, progress=progress)
     print(f"done: {result.steps} steps, saved {result.output}")
     return 0
+
+
+@contextlib.contextmanager
+def _ctrl_c_cancels(progress):
+    """The first Ctrl-C asks the loop to stop after the current step (it saves the LoRA and a resumable state);
+    a second one interrupts at once."""
+
+    def on_sigint(signum, frame):
+        if progress.cancelled:
+            raise KeyboardInterrupt
+        progress.message("Stopping after this step (Ctrl-C again to interrupt at once)...")
+        progress.cancel()
+
+    try:
+        previous = signal.signal(signal.SIGINT, on_sigint)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
