@@ -19,6 +19,11 @@ from lib_sdtrain.utils.files import atomic_write_text
 from lib_sdtrain.utils.progress import Progress
 
 PROMPT = "a picture of"
+DEFAULT_BLIP = "Salesforce/blip-image-captioning-large"
+
+
+def _local_only(source: str) -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes") or Path(source).is_dir()
 
 
 @dataclass
@@ -43,21 +48,29 @@ class Blip:
     device: torch.device
 
 
-def load_blip(source: str, device: str | None = None) -> Blip:
+def load_blip(source: str, device: str | None = None, processor_source: str = DEFAULT_BLIP) -> Blip:
+    """BLIP from a transformers folder or hub id, or from Salesforce's original `.pth` (then the processor, i.e.
+    the image settings and tokenizer, comes from `processor_source`)."""
     from transformers import BlipForConditionalGeneration, BlipProcessor
 
-    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes") or Path(source).is_dir()
-    if source.endswith((".pth", ".pt", ".ckpt")):
-        raise ModelLoadError(
-            "The original Salesforce BLIP .pth is not supported yet; use a transformers BLIP folder or hub id "
-            "(Salesforce/blip-image-captioning-large)."
-        )
+    original = source.endswith((".pth", ".pt"))
+    processor_from = processor_source if original else source
     try:
-        processor = BlipProcessor.from_pretrained(source, local_files_only=offline)
-        model = BlipForConditionalGeneration.from_pretrained(source, local_files_only=offline)
+        processor = BlipProcessor.from_pretrained(processor_from, local_files_only=_local_only(processor_from))
+        if original:
+            from lib_sdtrain.dataset.blip_original import load_original_blip
+
+            tokenizer = processor.tokenizer
+            ids = {"bos_token_id": tokenizer.bos_token_id, "sep_token_id": tokenizer.sep_token_id,
+                   "pad_token_id": tokenizer.pad_token_id}  # fmt: skip
+            model = load_original_blip(source, ids)
+        else:
+            model = BlipForConditionalGeneration.from_pretrained(source, local_files_only=_local_only(source))
     except (OSError, ValueError) as e:
-        where = "" if Path(source).is_dir() else " (not in the local Hugging Face cache, and the hub is offline?)"
-        raise ModelLoadError(f"Could not load the BLIP model {source}{where}: {e}") from e
+        where = (
+            "" if Path(processor_from).is_dir() else " (not in the local Hugging Face cache, and the hub is offline?)"
+        )
+        raise ModelLoadError(f"Could not load the BLIP model {processor_from}{where}: {e}") from e
     target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     return Blip(model.to(target).eval(), processor, target)
 

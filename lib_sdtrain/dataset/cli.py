@@ -78,7 +78,13 @@ def _register_caption(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--caption_weights",
         default="Salesforce/blip-image-captioning-large",
-        help="BLIP model: a transformers folder or hub id (default Salesforce/blip-image-captioning-large)",
+        help="BLIP model: a transformers folder, a hub id, or Salesforce's original model_large_caption.pth "
+        "(default Salesforce/blip-image-captioning-large)",
+    )
+    p.add_argument(
+        "--blip_processor",
+        default="Salesforce/blip-image-captioning-large",
+        help="with a .pth: where the image settings and tokenizer come from (a transformers BLIP folder or hub id)",
     )
     p.add_argument("--caption_extension", default=".caption", help="extension of the caption files (.caption)")
     p.add_argument("--batch_size", type=int, default=1)
@@ -112,6 +118,7 @@ def run_caption(args: argparse.Namespace) -> int:
         recursive=args.recursive,
         debug=args.debug,
     )
-    summary = caption_images(args.train_data_dir, load_blip(args.caption_weights), options, TqdmProgress())
+    blip = load_blip(args.caption_weights, processor_source=args.blip_processor)
+    summary = caption_images(args.train_data_dir, blip, options, TqdmProgress())
     _print_summary("captioned", summary.written, summary.skipped_existing, summary.failed)
     return 0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from PIL import Image
@@ -22,22 +24,22 @@ WORDS = ["a", "picture", "of", "red", "blue", "cat", "dog", "sitting", "on", "th
 
 
 def write_tiny_blip(folder):
-    """BLIP with 32-wide layers and a 19-word vocabulary, saved as a transformers folder (model + processor)."""
+    """BLIP with one 64-wide head per layer and a 19-word vocabulary, saved as a transformers folder."""
     folder.mkdir(parents=True)
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[DEC]", *WORDS]
     (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
     tokenizer = BertTokenizer(str(folder / "vocab.txt"), bos_token="[DEC]", model_max_length=64)
     processor = BlipProcessor(BlipImageProcessor(size={"height": 32, "width": 32}), tokenizer)
     text = BlipTextConfig(
-        vocab_size=len(vocab), hidden_size=32, encoder_hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-        num_attention_heads=2, max_position_embeddings=64, bos_token_id=vocab.index("[DEC]"),
+        vocab_size=len(vocab), hidden_size=64, encoder_hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+        num_attention_heads=1, max_position_embeddings=64, bos_token_id=vocab.index("[DEC]"),
         pad_token_id=0, sep_token_id=vocab.index("[SEP]"),
     )  # fmt: skip
     vision = BlipVisionConfig(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=32, patch_size=8
+        hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=1, image_size=32, patch_size=8
     )
     torch.manual_seed(0)
-    model = BlipForConditionalGeneration(BlipConfig.from_text_vision_configs(text, vision, projection_dim=32))
+    model = BlipForConditionalGeneration(BlipConfig.from_text_vision_configs(text, vision, projection_dim=64))
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
     return folder
@@ -99,8 +101,8 @@ def test_missing_model_and_folder(blip_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ModelLoadError, match="Could not load the BLIP model sdtrain-tests/none"):
         load_blip("sdtrain-tests/none")
-    with pytest.raises(ModelLoadError, match="not supported yet"):
-        load_blip(str(tmp_path / "model_large_caption.pth"))
+    with pytest.raises(ModelLoadError, match="BLIP checkpoint not found"):
+        load_blip(str(tmp_path / "model_large_caption.pth"), processor_source=str(blip_dir))
     with pytest.raises(DatasetError, match="not found"):
         caption_images(tmp_path / "nope", load_blip(str(blip_dir), device="cpu"), CaptionOptions())
 
@@ -111,3 +113,40 @@ def test_caption_cli(blip_dir, images, capsys):
     assert main(["caption", str(images), "--caption_weights", str(blip_dir), "--beam_search", "--num_beams", "2",
                  "--max_length", "10", "--min_length", "2", "--debug"]) == 0  # fmt: skip
     assert "captioned 2 images; kept 0 existing files; 1 unreadable" in capsys.readouterr().out
+
+
+def _to_original_layout(state):
+    """Invert the key map: the tiny transformers BLIP written as Salesforce's original checkpoint would hold it."""
+    from lib_sdtrain.dataset.blip_original import _BLOCK, _VISION_LAYER, _VISION_TOP
+
+    inverse_top = {v: k for k, v in _VISION_TOP.items()}
+    inverse_layer = {v: k for k, v in _VISION_LAYER.items()}
+    original = {}
+    for key, value in state.items():
+        if key in inverse_top:
+            original[inverse_top[key]] = value
+        elif m := re.match(r"^vision_model\.encoder\.layers\.(\d+)\.(.+)\.(weight|bias)$", key):
+            original[f"visual_encoder.blocks.{m[1]}.{inverse_layer[m[2]]}.{m[3]}"] = value
+        elif key.startswith("text_decoder."):
+            original[key] = value
+    assert all(_BLOCK.match(k) for k in original if k.startswith("visual_encoder.blocks."))
+    return original
+
+
+def test_original_salesforce_checkpoint_is_converted(blip_dir, images, tmp_path):
+    reference = load_blip(str(blip_dir), device="cpu")
+    pth = tmp_path / "model_large_caption.pth"
+    torch.save({"model": _to_original_layout(reference.model.state_dict())}, pth)
+    converted = load_blip(str(pth), device="cpu", processor_source=str(blip_dir))
+    ours, theirs = converted.model.state_dict(), reference.model.state_dict()
+    assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
+
+    options = CaptionOptions(beam_search=True, num_beams=2, min_length=3, max_length=12, overwrite=True)
+    caption_images(images, reference, options)
+    expected = (images / "a.caption").read_text()
+    caption_images(images, converted, options)
+    assert (images / "a.caption").read_text() == expected
+
+    torch.save({"model": {"foo": torch.zeros(1)}}, tmp_path / "other.pth")
+    with pytest.raises(ModelLoadError, match="not an original BLIP captioning checkpoint"):
+        load_blip(str(tmp_path / "other.pth"), processor_source=str(blip_dir))
