@@ -28,6 +28,7 @@ from lib_sdtrain.train.optim import make_lr_scheduler, make_optimizer
 from lib_sdtrain.train.outputs import lora_metadata
 from lib_sdtrain.train.sampling import generate_samples, read_prompt_file
 from lib_sdtrain.train.state import Position, load_state, save_state
+from lib_sdtrain.train.tensorboard_log import TensorBoardLog
 from lib_sdtrain.utils.files import check_safe_name
 from lib_sdtrain.utils.progress import Progress
 
@@ -115,6 +116,9 @@ class Trainer:
             model.unet.enable_gradient_checkpointing()
             if self.trains_text_encoder:
                 model.text_encoder.gradient_checkpointing_enable()
+                # Re-entrant checkpointing only back-propagates into a block whose input needs a gradient; with
+                # frozen embeddings (LoRA) nothing would, and the text encoder's LoRA would silently not train.
+                model.text_encoder.enable_input_require_grads()
         model.unet.train()
         model.text_encoder.train(self.trains_text_encoder)
         self.params = [p for g in groups for p in g["params"]]
@@ -285,8 +289,12 @@ class Trainer:
         self.setup()
         config, progress = self.config, self.progress
         self.output_dir.mkdir(parents=True, exist_ok=True)
+        if config.ignored:
+            progress.message(f"Accepted but not used by SD-Train: {', '.join(sorted(config.ignored))}")
+        log = TensorBoardLog(config.logging_dir, config.output_name, progress)
         progress.start(self.total_steps, "training")
         progress.state.done = self.position.step
+        epoch_losses: list[float] = []
         losses: list[float] = []
         accumulated = 0
         state_dir = None
@@ -311,12 +319,19 @@ class Trainer:
                     self._optimizer_step()
                     self.position.step += 1
                     losses.append(loss.item())
-                    progress.advance(1, loss=losses[-1], lr=self.lr_scheduler.get_last_lr()[0], epoch=epoch + 1)
+                    epoch_losses.append(losses[-1])
+                    average = sum(epoch_losses) / len(epoch_losses)
+                    lrs = self.lr_scheduler.get_last_lr()
+                    log.step(self.position.step, losses[-1], average, lrs, self.trains_text_encoder)
+                    progress.advance(1, loss=losses[-1], average=average, lr=lrs[-1], epoch=epoch + 1)
                     self._after_step()
                     if self.position.step >= self.total_steps:
                         break
                     progress.check_cancelled()
                 self.position.epoch, self.position.batch = epoch + 1, 0
+                if epoch_losses:
+                    log.epoch(epoch + 1, sum(epoch_losses) / len(epoch_losses))
+                epoch_losses = []
                 self._after_epoch(epoch)
                 if self.position.step >= self.total_steps:
                     break
@@ -333,6 +348,7 @@ class Trainer:
                 "(continue with resume = that folder)."
             ) from None
         finally:
+            log.close()
             progress.finish()
             if self.network is not None:
                 self.network.detach()

@@ -257,3 +257,40 @@ def test_ctrl_c_on_the_cli_saves_and_exits_130(tiny_sd_dir, sks_dataset, tmp_pat
     assert process.returncode == 130, stderr[-2000:]
     assert "Cancelled at step" in stderr
     assert (out / "sks.safetensors").is_file() and (out / "sks-state" / "train_state.json").is_file()
+
+
+def test_sd2_v_prediction_from_image_folders_with_the_other_options(tiny_sd2_dir, tmp_path):
+    """SD2 (v-prediction), images encoded on the fly from a DreamBooth folder, and the options not covered above:
+    gradient accumulation, min-SNR, noise offset, LoCon, clip skip, 150 tokens, gradient checkpointing, bf16,
+    TensorBoard logs and epoch-based saving."""
+    from PIL import Image
+    from safetensors import safe_open
+
+    folder = tmp_path / "data" / "3_sks"
+    folder.mkdir(parents=True)
+    for i in range(3):
+        Image.new("RGB", (64, 64), (200, 20 * i, 20)).save(folder / f"{i}.png")
+    (folder / "0.caption").write_text("sks, red")
+    settings = {
+        "pretrained_model_name_or_path": str(tiny_sd2_dir), "train_data_dir": str(tmp_path / "data"),
+        "resolution": "64,64", "min_bucket_reso": 64, "network_module": "networks.lora", "network_dim": 4,
+        "conv_dim": 2, "conv_alpha": 1, "train_batch_size": 1, "gradient_accumulation_steps": 3, "max_train_epochs": 2,
+        "min_snr_gamma": 5.0, "noise_offset": 0.05, "clip_skip": 2, "max_token_length": 150,
+        "gradient_checkpointing": True, "mixed_precision": "bf16", "logging_dir": str(tmp_path / "logs"),
+        "save_every_n_epochs": 1, "output_dir": str(tmp_path / "out"), "output_name": "v", "learning_rate": 1e-3,
+    }  # fmt: skip
+    result = train(load_config(None, settings))
+    assert result.steps == 6  # 9 images a epoch / accumulation 3 = 3 optimizer steps, 2 epochs
+    assert all(torch.isfinite(torch.tensor(result.losses)))
+    assert (tmp_path / "out" / "v-000001.safetensors").is_file()
+    with safe_open(str(result.output), framework="pt") as f:
+        meta = f.metadata()
+        ups = {k: f.get_tensor(k) for k in f.keys() if k.endswith("lora_up.weight")}  # noqa: SIM118
+    assert any("resnets" in k for k in ups)  # LoCon convolutions
+    # clip_skip 2 uses the output of the penultimate text layer, so the last layer (1 of 0-1) rightly stays as is
+    untrained = [k for k, v in ups.items() if not v.abs().sum() and "encoder_layers_1_" not in k]
+    assert not untrained, f"{len(untrained)} modules got no gradient under gradient checkpointing: {untrained[:3]}"
+    assert meta["ss_v2"] == "True" and meta["ss_base_model_version"] == "sd_v2_v"
+    assert meta["modelspec.architecture"] == "stable-diffusion-v2-768-v/lora"
+    assert meta["ss_cache_latents"] == "False" and meta["ss_clip_skip"] == "2"
+    assert list((tmp_path / "logs").glob("v*/events.out.tfevents.*"))
