@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from lib_sdtrain.dataset.images import ImageJobSummary, ImageLoadError, list_images, load_image_rgb
+from lib_sdtrain.dataset.images import ImageJobSummary, image_batches, images_to_process, list_images
 from lib_sdtrain.errors import DatasetError, ModelLoadError
 from lib_sdtrain.utils.files import atomic_write_text
 from lib_sdtrain.utils.progress import Progress
@@ -96,29 +96,13 @@ def caption_images(
     if not images:
         raise DatasetError(f"No images found in {folder}.")
     summary = ImageJobSummary()
-    todo = []
-    for path in images:
-        if path.with_suffix(options.caption_extension).exists() and not options.overwrite:
-            summary.skipped_existing += 1
-        else:
-            todo.append(path)
+    todo = images_to_process(images, options.caption_extension, not options.overwrite, summary)
     progress.start(len(todo), "captioning")
-    for start in range(0, len(todo), options.batch_size):
-        progress.check_cancelled()
-        batch, pictures = [], []
-        for path in todo[start : start + options.batch_size]:
-            try:
-                pictures.append(load_image_rgb(path))
-                batch.append(path)
-            except ImageLoadError as e:
-                summary.failed[str(path)] = e.reason
-                progress.message(f"skipped {path.name}: {e.reason}")
-        if batch:
-            for path, caption in zip(batch, _generate(blip, pictures, options, options.seed + start), strict=True):
-                atomic_write_text(path.with_suffix(options.caption_extension), caption + "\n")
-                summary.written += 1
-                if options.debug:
-                    progress.message(f"{path}: {caption}")
-        progress.advance(len(todo[start : start + options.batch_size]))
+    for start, batch, pictures in image_batches(todo, options.batch_size, summary, progress):
+        for path, caption in zip(batch, _generate(blip, pictures, options, options.seed + start), strict=True):
+            atomic_write_text(path.with_suffix(options.caption_extension), caption + "\n")
+            summary.written += 1
+            if options.debug:
+                progress.message(f"{path}: {caption}")
     progress.finish()
     return summary

@@ -5,6 +5,7 @@ so odd files are handled the same way everywhere: EXIF rotation applied, transpa
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +29,38 @@ class ImageJobSummary:
     written: int = 0
     skipped_existing: int = 0
     failed: dict[str, str] = field(default_factory=dict)  # path -> reason
+
+
+def images_to_process(images: list[Path], extension: str, keep_existing: bool, summary: ImageJobSummary) -> list[Path]:
+    """The images whose `<stem><extension>` file is to be written; existing files are counted and kept when asked."""
+    todo = []
+    for path in images:
+        if keep_existing and path.with_suffix(extension).exists():
+            summary.skipped_existing += 1
+        else:
+            todo.append(path)
+    return todo
+
+
+def image_batches(
+    paths: list[Path], batch_size: int, summary: ImageJobSummary, progress
+) -> Iterator[tuple[int, list[Path], list[Image.Image]]]:
+    """Batches of (offset in `paths`, paths, RGB images), checking for cancel between batches. Unreadable files
+    are recorded in `summary.failed` with their reason and skipped; progress advances once a batch is handled."""
+    for start in range(0, len(paths), batch_size):
+        progress.check_cancelled()
+        chunk = paths[start : start + batch_size]
+        batch, images = [], []
+        for path in chunk:
+            try:
+                images.append(load_image_rgb(path))
+                batch.append(path)
+            except ImageLoadError as e:
+                summary.failed[str(path)] = e.reason
+                progress.message(f"skipped {path.name}: {e.reason}")
+        if batch:
+            yield start, batch, images
+        progress.advance(len(chunk))
 
 
 class ImageLoadError(DatasetError):

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from lib_sdtrain.dataset.images import ImageJobSummary, ImageLoadError, list_images, load_image_rgb
+from lib_sdtrain.dataset.images import ImageJobSummary, image_batches, images_to_process, list_images
 from lib_sdtrain.dataset.metadata import read_caption_file
 from lib_sdtrain.errors import DatasetError, ModelLoadError
 from lib_sdtrain.utils.files import atomic_write_text
@@ -142,30 +142,15 @@ def tag_images(folder: str | Path, tagger: Tagger, options: TagOptions, progress
     progress.message(f"Tagging {len(images)} images with {tagger.model_path.name} on {summary.provider}.")
     model_input = session.get_inputs()[0]
     size = int(model_input.shape[1]) if isinstance(model_input.shape[1], int) else 448
-    todo = []
-    for path in images:
-        target = path.with_suffix(options.caption_extension)
-        if target.exists() and not (options.overwrite or options.append_tags):
-            summary.skipped_existing += 1
-        else:
-            todo.append(path)
+    keep_existing = not (options.overwrite or options.append_tags)
+    todo = images_to_process(images, options.caption_extension, keep_existing, summary)
     progress.start(len(todo), "tagging")
-    for start in range(0, len(todo), options.batch_size):
-        progress.check_cancelled()
-        batch, arrays = [], []
-        for path in todo[start : start + options.batch_size]:
-            try:
-                arrays.append(prepare_image(load_image_rgb(path), size))
-                batch.append(path)
-            except ImageLoadError as e:
-                summary.failed[str(path)] = e.reason
-                progress.message(f"skipped {path.name}: {e.reason}")
-        if batch:
-            probs = session.run(None, {model_input.name: np.stack(arrays)})[0]
-            for path, row in zip(batch, probs, strict=True):
-                _write_tags(path, select_tags(row, tagger, options), options, progress)
-                summary.written += 1
-        progress.advance(len(todo[start : start + options.batch_size]))
+    for _, batch, pictures in image_batches(todo, options.batch_size, summary, progress):
+        arrays = np.stack([prepare_image(picture, size) for picture in pictures])
+        probs = session.run(None, {model_input.name: arrays})[0]
+        for path, row in zip(batch, probs, strict=True):
+            _write_tags(path, select_tags(row, tagger, options), options, progress)
+            summary.written += 1
     progress.finish()
     return summary
 

@@ -19,7 +19,7 @@ from lib_sdtrain.errors import SDTrainError
 from lib_sdtrain.host import settings
 from lib_sdtrain.host.auth import basic_auth_dependencies
 from lib_sdtrain.host.types import GpuBusyError, LoadedCheckpoint, LoadedWeights
-from lib_sdtrain.utils.files import resolve_inside
+from lib_sdtrain.utils.files import resolve_allowed
 from lib_sdtrain.utils.progress import CallbackProgress
 
 NAME = "standalone"
@@ -155,12 +155,9 @@ def allowed_roots() -> list[Path]:
 
 
 def check_path_allowed(path: str | Path, purpose: str = "folder") -> Path:
-    resolved = Path(path).expanduser().resolve()
-    if file_access_allowed():
+    resolved = resolve_allowed(path, allowed_roots(), file_access_allowed())
+    if resolved is not None:
         return resolved
-    for root in allowed_roots():
-        with contextlib.suppress(ValueError):
-            return resolve_inside(root, str(resolved))
     roots = ", ".join(str(r) for r in allowed_roots())
     raise SDTrainError(f"The {purpose} {path} is outside SD-Train's folders ({roots}). Move the files there.")
 

@@ -21,7 +21,7 @@ from lib_sdtrain.errors import SDTrainError, UnsupportedModelError
 from lib_sdtrain.host import settings
 from lib_sdtrain.host.auth import basic_auth_dependencies
 from lib_sdtrain.host.types import GpuBusyError, LoadedCheckpoint, LoadedWeights
-from lib_sdtrain.utils.files import resolve_inside
+from lib_sdtrain.utils.files import resolve_allowed
 from lib_sdtrain.utils.progress import CallbackProgress
 
 logger = logging.getLogger(__name__)
@@ -456,12 +456,9 @@ def allowed_roots() -> list[Path]:
 
 def check_path_allowed(path: str | Path, purpose: str = "folder") -> Path:
     """`path` resolved, if SD-Train may use it; SDTrainError otherwise (see file_access_allowed())."""
-    resolved = Path(path).expanduser().resolve()
-    if file_access_allowed():
+    resolved = resolve_allowed(path, allowed_roots(), file_access_allowed())
+    if resolved is not None:
         return resolved
-    for root in allowed_roots():
-        with contextlib.suppress(ValueError):
-            return resolve_inside(root, str(resolved))
     roots = ", ".join(str(r) for r in allowed_roots())
     raise SDTrainError(
         f"The {purpose} {path} is outside SD-Train's folders. The WebUI is reachable from other machines "

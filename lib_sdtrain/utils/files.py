@@ -63,6 +63,17 @@ def check_safe_name(name: str, what: str = "name") -> str:
     return name
 
 
+def resolve_allowed(path: str | os.PathLike[str], roots: list[Path], any_path: bool) -> Path | None:
+    """`path` resolved if `any_path` or if it lies inside one of `roots`; None when it is outside them all."""
+    resolved = Path(path).expanduser().resolve()
+    if any_path:
+        return resolved
+    for root in roots:
+        with contextlib.suppress(ValueError):
+            return resolve_inside(root, str(resolved))
+    return None
+
+
 def resolve_inside(root: str | os.PathLike[str], relative: str) -> Path:
     """Join `relative` to `root` and make sure the result stays inside `root` (no traversal through .. or links)."""
     base = Path(root).resolve()
