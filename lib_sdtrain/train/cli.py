@@ -4,41 +4,71 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import signal
-import types
-import typing
+import textwrap
+from typing import Any
 
-from lib_sdtrain.train.config import TrainConfig
+from lib_sdtrain.errors import ConfigError
+from lib_sdtrain.train.options import CATEGORIES, Option, coerce_value, display_value, options_in
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Wraps help text at spaces only, so 'fine-tune' or 'lora.toml' never break across lines."""
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False)
 
 
 def register_cli(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "train",
         help="train a LoRA or fine-tune a model",
+        usage="%(prog)s [-h] [--config_file CONFIG_FILE] [--<key> VALUE ...]",
         description="Train from a kohya-style TOML config; any of its keys can also be given as --key value "
-        "(the command line wins). network_module = 'networks.lora' trains a LoRA, none a full fine-tune.",
+        "(the command line wins). network_module = 'networks.lora' trains a LoRA, none a full fine-tune. "
+        "The option groups below are the config's TOML tables.",
+        formatter_class=_HelpFormatter,
     )
     parser.add_argument("--config_file", help="TOML file with kohya's keys (tables are flattened)")
-    for f in dataclasses.fields(TrainConfig):
-        if f.name == "ignored":
-            continue
-        kind = _base_type(f.type)
-        if kind is bool:
-            parser.add_argument(f"--{f.name}", action="store_true", default=None)
-        else:
-            parser.add_argument(f"--{f.name}", type=kind, default=None, metavar=kind.__name__.upper())
+    for category, (title, table) in CATEGORIES.items():
+        group = parser.add_argument_group(f"{title} [{table}]")
+        for option in options_in(category):
+            _add_option(group, option)
     parser.set_defaults(handler=run_train)
 
 
-def _base_type(annotation) -> type:
-    hints = {"str": str, "int": int, "float": float, "bool": bool}
-    if isinstance(annotation, str):  # `from __future__ import annotations` leaves strings
-        name = annotation.split("|")[0].strip()
-        return hints.get(name, str)
-    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
-        return next(a for a in typing.get_args(annotation) if a is not type(None))
-    return annotation
+def _add_option(group: argparse._ArgumentGroup, option: Option) -> None:
+    # default=None: only the flags given on the command line override the config file.
+    kwargs: dict[str, Any] = {"default": None, "type": _argument_type(option), "help": _help_text(option)}
+    if option.type is bool:
+        kwargs.update(nargs="?", const=True, metavar="true|false")  # --flag alone means true
+    elif option.type is list:
+        kwargs.update(nargs="*", type=str, metavar="VALUE")
+    elif option.choices:
+        kwargs["metavar"] = "{" + ",".join(str(c) for c in option.choices) + "}"
+    else:
+        kwargs["metavar"] = option.type.__name__.upper()
+    group.add_argument(f"--{option.name}", **kwargs)
+
+
+def _help_text(option: Option) -> str:
+    text = option.help
+    if option.default is not None and option.default != "":
+        text += f" (default: {display_value(option.default)})"
+    return text.replace("%", "%%")  # argparse formats help with %
+
+
+def _argument_type(option: Option):
+    """The TOML reader's type check, so a flag and a config key accept the same values with the same messages."""
+
+    def parse(text: str) -> Any:
+        try:
+            return coerce_value(option, text)
+        except ConfigError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    parse.__name__ = option.type.__name__
+    return parse
 
 
 def run_train(args: argparse.Namespace) -> int:

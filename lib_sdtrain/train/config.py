@@ -3,6 +3,9 @@
 Top-level tables are flattened one level, as kohya does ([training_arguments] output_dir = ... is output_dir).
 Unlike kohya, an unknown key is an error naming the key and the closest known one: a misspelt option that is
 silently ignored is the trap users of kohya fall into most.
+
+Each field is declared with opt(default, help, category, ...): that description is the option schema
+(lib_sdtrain.train.options) behind `sdtrain train --help`, the type checks, TOML writing, presets and the UI's form.
 """
 
 from __future__ import annotations
@@ -32,71 +35,371 @@ IGNORED_KEYS = frozenset(
     }
 )  # fmt: skip
 
+# The value sets that options with choices accept (the CLI, the TOML reader and the UI all read them from here).
 NETWORK_MODULES = ("networks.lora", "lycoris.kohya")
+MIXED_PRECISIONS = ("no", "fp16", "bf16")
+SAVE_PRECISIONS = ("fp16", "bf16", "float", "fp32")  # lib_sdtrain.train.network.kohya_file.SAVE_DTYPES
+OPTIMIZERS = ("AdamW", "AdamW8bit", "Lion", "Adafactor", "Prodigy")  # lib_sdtrain.train.optim.make_optimizer
+# diffusers' schedules that need no extra arguments (piecewise_constant needs step rules kohya has no key for).
+LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
+MAX_TOKEN_LENGTHS = (75, 150, 225)
+
+# TrainConfig fields that are bookkeeping, not settings: no option, no CLI flag, no TOML key.
+INTERNAL_FIELDS = frozenset({"ignored"})
+
+
+def opt(
+    default: Any, help: str, category: str, choices: tuple | None = None, common: bool = False
+) -> Any:  # returns a dataclasses.Field; typed Any so the field annotations stay the value types
+    """A TrainConfig field carrying its user-facing description; lib_sdtrain.train.options turns these into the
+    schema that drives the CLI help, TOML validation and writing, presets and the UI's form."""
+    metadata = {"help": help, "category": category, "choices": choices, "common": common}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
 @dataclass
 class TrainConfig:
-    # model
-    pretrained_model_name_or_path: str = ""
-    tokenizer: str | None = None
-    v_parameterization: bool = False
-    clip_skip: int = 1
-    # data
-    train_data_dir: str = ""
-    in_json: str | None = None
-    dataset_repeats: int = 1
-    caption_extension: str = ".caption"
-    resolution: str = "512,512"
-    min_bucket_reso: int = 256
-    max_bucket_reso: int = 1024
-    bucket_reso_steps: int = 64
-    shuffle_caption: bool = False
-    keep_tokens: int = 0
-    caption_dropout_rate: float = 0.0
-    max_token_length: int = 75
-    flip_aug: bool = False
-    # network (None: full fine-tune)
-    network_module: str | None = None
-    network_dim: int = 4
-    network_alpha: float = 1.0
-    network_dropout: float = 0.0
-    conv_dim: int | None = None
-    conv_alpha: float | None = None
-    network_train_unet_only: bool = False
-    network_train_text_encoder_only: bool = False
-    train_text_encoder: bool = False  # full fine-tune: also train the text encoder
-    network_weights: str | None = None
-    # optimisation
-    learning_rate: float = 1e-4
-    unet_lr: float | None = None
-    text_encoder_lr: float | None = None
-    optimizer_type: str = "AdamW"
-    max_grad_norm: float = 1.0
-    lr_scheduler: str = "constant"
-    lr_warmup_steps: int = 0
-    max_train_steps: int = 1600
-    max_train_epochs: int | None = None
-    train_batch_size: int = 1
-    gradient_accumulation_steps: int = 1
-    mixed_precision: str = "no"
-    gradient_checkpointing: bool = False
-    noise_offset: float = 0.0
-    min_snr_gamma: float | None = None
-    seed: int = 42
-    # outputs
-    output_dir: str = "output"
-    output_name: str = "last"
-    save_precision: str = "fp16"
-    save_every_n_epochs: int | None = None
-    save_every_n_steps: int | None = None
-    save_state: bool = False
-    resume: str | None = None
-    logging_dir: str | None = None
-    sample_every_n_steps: int | None = None
-    sample_every_n_epochs: int | None = None
-    sample_prompts: str | None = None
-    ignored: dict[str, Any] = field(default_factory=dict)
+    # --- model
+    pretrained_model_name_or_path: str = opt(
+        "",
+        "The base model to train from: a .safetensors or .ckpt checkpoint, a diffusers model folder or a Hugging "
+        "Face hub id. Required.",
+        "model",
+        common=True,
+    )
+    tokenizer: str | None = opt(
+        None,
+        "Folder or hub id of the CLIP tokenizer, for single-file checkpoints that carry none. Empty: the WebUI's, "
+        "a tokenizer/ folder beside the model, or the local Hugging Face cache.",
+        "model",
+    )
+    v_parameterization: bool = opt(
+        False,
+        "Train with the v-prediction objective, for SD 2.x 768-v models (kohya's --v_parameterization). "
+        "Leave off for SD 1.x and SD 2.x base (512) models.",
+        "model",
+    )
+    clip_skip: int = opt(
+        1,
+        "Take the text encoder's n-th layer from the end, like the WebUI's 'Clip skip': 1 = the last layer "
+        "(SD 1.5 and photo models), 2 = the second to last (most anime models).",
+        "model",
+    )
+    # --- dataset
+    train_data_dir: str = opt(
+        "",
+        "Folder with the training images: kohya's N_name subfolders with caption files, or the images that "
+        "in_json lists. Required.",
+        "dataset",
+        common=True,
+    )
+    in_json: str | None = opt(
+        None,
+        "Metadata file written by `sdtrain merge` or `sdtrain buckets` (meta_clean.json, or meta_lat.json with "
+        "cached latents). Empty: read N_name folders and caption files instead.",
+        "dataset",
+    )
+    dataset_repeats: int = opt(
+        1,
+        "How many times each image is seen per epoch when training from in_json (in folder mode the N of N_name "
+        "sets it). 1 or more.",
+        "dataset",
+        common=True,
+    )
+    caption_extension: str = opt(
+        ".caption",
+        "Extension of the caption file beside each image in folder mode, e.g. .caption or .txt.",
+        "dataset",
+    )
+    resolution: str = opt(
+        "512,512",
+        "Training size in pixels as 'width,height' (one number for a square): 512,512 for SD 1.5, 768,768 for "
+        "SD 2.x 768 models. Images are bucketed to about this area.",
+        "dataset",
+        common=True,
+    )
+    min_bucket_reso: int = opt(
+        256, "Smallest side of an aspect-ratio bucket, in pixels (kohya's min_bucket_reso).", "dataset"
+    )
+    max_bucket_reso: int = opt(
+        1024, "Largest side of an aspect-ratio bucket, in pixels (kohya's max_bucket_reso).", "dataset"
+    )
+    bucket_reso_steps: int = opt(
+        64,
+        "Bucket sides are multiples of this many pixels (kohya's bucket_reso_steps); 64 suits every SD model, "
+        "it must be a multiple of 8.",
+        "dataset",
+    )
+    shuffle_caption: bool = opt(
+        False,
+        "Shuffle the comma-separated tags of each caption at every step, so no tag order is learnt; keep_tokens "
+        "keeps the first ones (the trigger word) in place.",
+        "dataset",
+    )
+    keep_tokens: int = opt(
+        0,
+        "How many leading comma-separated tags stay first, never shuffled or dropped: 1 keeps the trigger word "
+        "in front. 0: none.",
+        "dataset",
+    )
+    caption_dropout_rate: float = opt(
+        0.0,
+        "Fraction of images (0 to 1) trained with an empty caption, so the concept also shows without its "
+        "prompt. 0: never.",
+        "dataset",
+    )
+    max_token_length: int = opt(
+        75,
+        "Longest caption in CLIP tokens: 75 (one chunk, kohya's default), 150 or 225 (two or three chunks of 75, "
+        "read the way the WebUI reads long prompts).",
+        "dataset",
+        choices=MAX_TOKEN_LENGTHS,
+    )
+    flip_aug: bool = opt(
+        False,
+        "Also train on horizontally mirrored images: more variety for symmetric subjects; leave off for text, "
+        "logos or one-sided features.",
+        "dataset",
+    )
+    # --- network (None: full fine-tune)
+    network_module: str | None = opt(
+        None,
+        "What to train: networks.lora trains a LoRA (a LoCon with conv_dim); lycoris.kohya is accepted for "
+        "LyCORIS configs and trains the same. Empty: a full fine-tune of the model.",
+        "network",
+        choices=NETWORK_MODULES,
+        common=True,
+    )
+    network_dim: int = opt(
+        4,
+        "LoRA rank, kohya's 'Network Rank (Dimension)': how much the LoRA can learn, usually 8 to 128. The file "
+        "grows with it (dim 32 is about 37 MB in fp16 for SD 1.5).",
+        "network",
+        common=True,
+    )
+    network_alpha: float = opt(
+        1.0,
+        "LoRA alpha, kohya's 'Network Alpha': the LoRA's output is scaled by alpha / dim, so a lower alpha "
+        "learns more gently; usually dim / 2 or 1. 0: the same as dim.",
+        "network",
+        common=True,
+    )
+    network_dropout: float = opt(
+        0.0,
+        "Dropout on the LoRA's inner neurons while training, 0 to 1 (kohya's network_dropout); 0.1 can curb "
+        "overfitting. 0: off.",
+        "network",
+    )
+    conv_dim: int | None = opt(
+        None,
+        "Rank of an extra LoRA on the UNet's convolutions (LoCon; kohya's network_args conv_dim), for styles and "
+        "textures; 4 to 32. Empty: attention and linear layers only.",
+        "network",
+    )
+    conv_alpha: float | None = opt(
+        None,
+        "Alpha of the convolution LoRA (kohya's network_args conv_alpha), scaling it by conv_alpha / conv_dim. "
+        "Empty: the same as conv_dim.",
+        "network",
+    )
+    network_train_unet_only: bool = opt(
+        False,
+        "Train only the UNet part of the LoRA, not the text encoder: less memory, and common for styles.",
+        "network",
+    )
+    network_train_text_encoder_only: bool = opt(
+        False, "Train only the text-encoder part of the LoRA (rarely wanted).", "network"
+    )
+    network_weights: str | None = opt(
+        None,
+        "An existing LoRA .safetensors to continue training from; its dim must match network_dim. Empty: start "
+        "from scratch.",
+        "network",
+    )
+    # --- optimizer and learning rate
+    learning_rate: float = opt(
+        1e-4,
+        "Base learning rate, used where unet_lr or text_encoder_lr is empty. Typical: 1e-4 for a LoRA with "
+        "AdamW, 1e-6 to 5e-6 for a full fine-tune, 1.0 with Prodigy.",
+        "optimizer",
+        common=True,
+    )
+    unet_lr: float | None = opt(
+        None,
+        "Learning rate of the UNet (its LoRA, or the whole UNet in a fine-tune). Empty: learning_rate.",
+        "optimizer",
+    )
+    text_encoder_lr: float | None = opt(
+        None,
+        "Learning rate of the text encoder, usually a half to a tenth of unet_lr (e.g. 5e-5). Empty: learning_rate.",
+        "optimizer",
+    )
+    optimizer_type: str = opt(
+        "AdamW",
+        "AdamW (reliable default); AdamW8bit (less memory; CUDA and bitsandbytes); Lion (lion-pytorch; about a "
+        "third of AdamW's learning rate); Adafactor; Prodigy (prodigyopt; finds its own step, learning_rate 1.0).",
+        "optimizer",
+        choices=OPTIMIZERS,
+        common=True,
+    )
+    max_grad_norm: float = opt(
+        1.0,
+        "Clip the gradient norm to this value, against loss spikes (kohya's max_grad_norm). 0: no clipping.",
+        "optimizer",
+    )
+    lr_scheduler: str = opt(
+        "constant",
+        "How the learning rate changes over the run (diffusers' schedules, as in kohya): constant, linear decay "
+        "to 0, cosine decay, cosine_with_restarts, polynomial; constant_with_warmup ramps up first.",
+        "optimizer",
+        choices=LR_SCHEDULERS,
+    )
+    lr_warmup_steps: int = opt(
+        0,
+        "Steps over which the learning rate ramps up from 0 at the start; the plain constant schedule ignores it. "
+        "0: no warm-up.",
+        "optimizer",
+    )
+    # --- training
+    max_train_steps: int = opt(
+        1600,
+        "Length of the run in optimizer steps (kohya's max_train_steps); max_train_epochs wins when it is set.",
+        "training",
+        common=True,
+    )
+    max_train_epochs: int | None = opt(
+        None,
+        "Length of the run in epochs (passes over every image with its repeats); when set it replaces "
+        "max_train_steps. Empty: use max_train_steps.",
+        "training",
+        common=True,
+    )
+    train_batch_size: int = opt(
+        1,
+        "Images per step on each GPU: higher trains faster per image but needs more GPU memory (1 or 2 fit "
+        "8 GB at 512 px).",
+        "training",
+        common=True,
+    )
+    gradient_accumulation_steps: int = opt(
+        1,
+        "Add up the gradients of this many batches before each optimizer step: the effect of a batch this many "
+        "times larger without its memory.",
+        "training",
+    )
+    mixed_precision: str = opt(
+        "no",
+        "Compute precision: no (fp32; safe, slow), fp16 (GPU only), bf16 (RTX 30xx and newer, or the CPU; steadier "
+        "than fp16).",
+        "training",
+        choices=MIXED_PRECISIONS,
+        common=True,
+    )
+    gradient_checkpointing: bool = opt(
+        False,
+        "Recompute activations during the backward pass instead of keeping them: far less GPU memory, roughly "
+        "20-30 percent slower.",
+        "training",
+    )
+    noise_offset: float = opt(
+        0.0,
+        "Offsets the noise per channel (kohya's noise_offset) so the model learns very dark and very bright "
+        "images; 0.05 to 0.1 is typical. 0: off.",
+        "training",
+    )
+    min_snr_gamma: float | None = opt(
+        None,
+        "Min-SNR loss weighting (kohya's min_snr_gamma): evens out the loss over noise levels and converges "
+        "faster; 5 is the paper's value. Empty: off.",
+        "training",
+    )
+    seed: int = opt(
+        42, "Random seed for noise, shuffling and dropout: the same seed and settings repeat a run.", "training"
+    )
+    train_text_encoder: bool = opt(
+        False,
+        "Full fine-tune only: also train the text encoder (more memory, easily overtrained). A LoRA trains its "
+        "text-encoder part unless network_train_unet_only.",
+        "training",
+    )
+    logging_dir: str | None = opt(
+        None,
+        "Folder for TensorBoard logs (loss and learning rates under kohya's names). Empty: no logs.",
+        "training",
+    )
+    # --- saving
+    output_dir: str = opt(
+        "output",
+        "Folder for the trained file, its intermediate saves, sample images and states.",
+        "saving",
+        common=True,
+    )
+    output_name: str = opt(
+        "last",
+        "Name of the result without extension (<output_dir>/<output_name>.safetensors); a LoRA is then used in "
+        "the WebUI as <lora:output_name:1>.",
+        "saving",
+        common=True,
+    )
+    save_precision: str = opt(
+        "fp16",
+        "Precision of the saved weights: fp16 (half the size, what the WebUI uses), bf16, or float / fp32 "
+        "(full precision).",
+        "saving",
+        choices=SAVE_PRECISIONS,
+    )
+    save_every_n_epochs: int | None = opt(
+        None,
+        "Also save <name>-000002.safetensors every n epochs, to compare stages or keep one from before "
+        "overfitting. Empty: only the final file.",
+        "saving",
+        common=True,
+    )
+    save_every_n_steps: int | None = opt(
+        None, "Also save <name>-step00000500.safetensors every n optimizer steps. Empty: off.", "saving"
+    )
+    save_state: bool = opt(
+        False,
+        "With each save, also write a resumable training state (<name>-000002-state folder with the optimizer "
+        "and position), for resume.",
+        "saving",
+    )
+    resume: str | None = opt(
+        None,
+        "A state folder (e.g. output/<name>-000002-state) to continue an interrupted run from, optimizer and step "
+        "included. Empty: start fresh.",
+        "saving",
+    )
+    # --- sample images
+    sample_every_n_steps: int | None = opt(
+        None, "Generate sample images every n optimizer steps. Empty: off.", "sampling"
+    )
+    sample_every_n_epochs: int | None = opt(
+        None, "Generate sample images at the end of every n epochs. Empty: off.", "sampling", common=True
+    )
+    sample_prompts: str | None = opt(
+        None,
+        "Text file of sample prompts, one per line in kohya's syntax: prompt --n negative --w 512 --h 512 "
+        "--d seed --s steps --l cfg. Empty: no samples.",
+        "sampling",
+        common=True,
+    )
+    # --- SD-Train's own (ignored by kohya; they never change training)
+    trigger_word: str = opt(
+        "",
+        "The word that calls up the trained concept, e.g. 'sks' or a character's name. The UI adds it to "
+        "captions and the WebUI shows it as the LoRA's activation text; training itself does not read it.",
+        "sdtrain",
+        common=True,
+    )
+    preset: str = opt(
+        "",
+        "The preset this config started from, kept for reference; it does not change training.",
+        "sdtrain",
+    )
+    ignored: dict[str, Any] = field(default_factory=dict)  # kohya keys accepted but unused (IGNORED_KEYS)
 
     @property
     def is_lora(self) -> bool:
@@ -109,9 +412,9 @@ class TrainConfig:
             raise ConfigError("train_data_dir is required: the folder with the training images.")
         if self.network_module is not None and self.network_module not in NETWORK_MODULES:
             raise ConfigError(f"network_module {self.network_module!r} is not supported; use 'networks.lora'.")
-        if self.mixed_precision not in ("no", "fp16", "bf16"):
+        if self.mixed_precision not in MIXED_PRECISIONS:
             raise ConfigError(f"mixed_precision must be no, fp16 or bf16, not {self.mixed_precision!r}.")
-        if self.max_token_length not in (75, 150, 225):
+        if self.max_token_length not in MAX_TOKEN_LENGTHS:
             raise ConfigError(f"max_token_length must be 75, 150 or 225, not {self.max_token_length}.")
         if self.clip_skip < 1:
             raise ConfigError("clip_skip must be 1 or more (1 = the last layer).")
@@ -134,26 +437,36 @@ class TrainConfig:
         return parse_resolution(self.resolution)
 
 
-KNOWN_KEYS = frozenset(f.name for f in dataclasses.fields(TrainConfig) if f.name != "ignored")
+KNOWN_KEYS = frozenset(f.name for f in dataclasses.fields(TrainConfig) if f.name not in INTERNAL_FIELDS)
+
+
+def unknown_key_error(key: str) -> ConfigError:
+    close = difflib.get_close_matches(key, sorted(KNOWN_KEYS | IGNORED_KEYS), n=1)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    return ConfigError(f"Unknown setting {key!r}.{hint}")
 
 
 def config_from_dict(values: dict[str, Any]) -> TrainConfig:
-    """A TrainConfig from flat kohya-style keys; unknown keys raise ConfigError with a suggestion."""
+    """A TrainConfig from flat kohya-style keys, each type-checked against the option schema; unknown keys raise
+    ConfigError with a suggestion."""
+    from lib_sdtrain.train.options import coerce_value, option_by_name  # options is built from TrainConfig
+
     known: dict[str, Any] = {}
     ignored: dict[str, Any] = {}
     for key, value in values.items():
         if key in KNOWN_KEYS:
-            known[key] = value
+            known[key] = coerce_value(option_by_name(key), value)
         elif key in IGNORED_KEYS:
             ignored[key] = value
         else:
-            close = difflib.get_close_matches(key, sorted(KNOWN_KEYS | IGNORED_KEYS), n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
-            raise ConfigError(f"Unknown setting {key!r}.{hint}")
-    config = TrainConfig(**known, ignored=ignored)
-    if isinstance(config.resolution, list | tuple):
-        config.resolution = ",".join(str(v) for v in config.resolution)
-    return config
+            raise unknown_key_error(key)
+    return TrainConfig(**known, ignored=ignored)
+
+
+def config_values(config: TrainConfig) -> dict[str, Any]:
+    """The flat kohya-keyed settings of `config` (accepted-but-unused keys included), e.g. for config_to_toml."""
+    values = {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.name not in INTERNAL_FIELDS}
+    return {**values, **config.ignored}
 
 
 def flatten_toml(data: dict[str, Any]) -> dict[str, Any]:

@@ -1,0 +1,305 @@
+"""The schema of the training options: one Option per TrainConfig field, built from the help, category and choices
+that config.py attaches to each field. It drives `sdtrain train --help`, the type checks of TOML files and command
+lines, the TOML writer, presets and the UI's forms, so a new setting is described once, where it is declared.
+
+    option_by_name("network_dim").help            # what the UI shows beside the field
+    coerce_value(option_by_name("learning_rate"), "1e-4")  -> 0.0001
+    config_to_toml({"network_dim": 32, ...})      # kohya-keyed TOML that load_config reads back
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from lib_sdtrain.errors import ConfigError
+from lib_sdtrain.train.config import IGNORED_KEYS, INTERNAL_FIELDS, TrainConfig, unknown_key_error
+
+# key -> (title for the UI and the CLI help, TOML table). The tables are kohya's, as its tutorials lay configs out;
+# loading flattens them, so they only group the keys for the reader.
+CATEGORIES: dict[str, tuple[str, str]] = {
+    "model": ("Base model", "model_arguments"),
+    "dataset": ("Dataset and captions", "dataset_arguments"),
+    "network": ("LoRA network", "additional_network_arguments"),
+    "optimizer": ("Optimizer and learning rate", "optimizer_arguments"),
+    "training": ("Training", "training_arguments"),
+    "saving": ("Saving and resuming", "saving_arguments"),
+    "sampling": ("Sample images", "sample_prompt_arguments"),
+    "sdtrain": ("SD-Train", "sdtrain"),
+}
+
+VALUE_TYPES = (bool, int, float, str, list)
+
+
+@dataclass(frozen=True)
+class Option:
+    name: str  # the kohya key: TOML key, --flag and TrainConfig field
+    type: type  # one of VALUE_TYPES
+    default: Any
+    help: str
+    category: str  # a key of CATEGORIES
+    choices: tuple | None = None
+    optional: bool = False  # None (empty) is allowed
+    common: bool = False  # shown in the simple form, not only under "Advanced"
+
+    @property
+    def title(self) -> str:
+        return CATEGORIES[self.category][0]
+
+    @property
+    def table(self) -> str:
+        return CATEGORIES[self.category][1]
+
+
+def _value_type(annotation: Any) -> tuple[type, bool]:
+    """(value type, optional) of a field annotation: `int | None` -> (int, True), `list[str]` -> (list, False)."""
+    optional = False
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        args = typing.get_args(annotation)
+        optional = type(None) in args
+        rest = [a for a in args if a is not type(None)]
+        if len(rest) != 1:
+            raise TypeError(f"Unsupported option annotation {annotation!r}: one type, optionally | None")
+        annotation = rest[0]
+    base = typing.get_origin(annotation) or annotation
+    if base not in VALUE_TYPES:
+        raise TypeError(f"Unsupported option type {annotation!r}: use one of {VALUE_TYPES}")
+    return base, optional
+
+
+def _option_from_field(f: dataclasses.Field, annotation: Any) -> Option:
+    meta = f.metadata
+    if not meta.get("help") or meta.get("category") not in CATEGORIES:
+        raise TypeError(f"TrainConfig.{f.name} needs opt(...) with a help text and one of {list(CATEGORIES)}")
+    kind, optional = _value_type(annotation)
+    default = f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
+    return Option(f.name, kind, default, meta["help"], meta["category"], meta["choices"], optional, meta["common"])
+
+
+def _build_options() -> tuple[Option, ...]:
+    hints = typing.get_type_hints(TrainConfig)
+    fields = (f for f in dataclasses.fields(TrainConfig) if f.name not in INTERNAL_FIELDS)
+    return tuple(_option_from_field(f, hints[f.name]) for f in fields)
+
+
+OPTIONS: tuple[Option, ...] = _build_options()
+_BY_NAME: dict[str, Option] = {o.name: o for o in OPTIONS}
+
+
+def option_by_name(name: str) -> Option:
+    """The option called `name`; ConfigError (naming the closest key) when there is none."""
+    try:
+        return _BY_NAME[name]
+    except KeyError:
+        raise unknown_key_error(name) from None
+
+
+def options_in(category: str) -> list[Option]:
+    return [o for o in OPTIONS if o.category == category]
+
+
+# --- type checks ----------------------------------------------------------------------------------------------------
+
+_EXPECTED = {
+    bool: "true or false (bool)",
+    int: "a whole number (int)",
+    float: "a number such as 1e-4 (float)",
+    str: "text (str)",
+    list: 'a list such as ["a", "b"] (list)',
+}
+
+
+def _type_error(option: Option, value: Any) -> ConfigError:
+    return ConfigError(f"{option.name} = {value!r}: expected {_EXPECTED[option.type]}.")
+
+
+def _to_bool(option: Option, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    raise _type_error(option, value)
+
+
+def _to_int(option: Option, value: Any) -> int:
+    number = value
+    if isinstance(value, str):
+        try:
+            return int(value.strip())
+        except ValueError:
+            number = _parse_float(option, value, value.strip())  # "4.0" is 4, "4.7" is refused below
+    if isinstance(number, bool):  # True is an int to Python, not to a user
+        raise _type_error(option, value)
+    if isinstance(number, int):
+        return number
+    if isinstance(number, float) and number.is_integer():  # 4.0 from a UI number box, never 4.7
+        return int(number)
+    raise _type_error(option, value)
+
+
+def _parse_float(option: Option, value: Any, text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise _type_error(option, value) from None
+
+
+def _to_float(option: Option, value: Any) -> float:
+    if isinstance(value, str):  # kohya reads "1e-4" as a number
+        number = _parse_float(option, value, value.strip())
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        number = float(value)
+    else:
+        raise _type_error(option, value)
+    if not math.isfinite(number):
+        raise ConfigError(f"{option.name} = {value!r}: expected a finite number.")
+    return number
+
+
+def _to_str(option: Option, value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    raise _type_error(option, value)
+
+
+def _to_list(option: Option, value: Any) -> list:
+    if isinstance(value, list | tuple):
+        return list(value)
+    raise _type_error(option, value)
+
+
+def _to_resolution(option: Option, value: Any) -> str:
+    """'512,512', '512', 512 and [512, 512] all name a size; kept as kohya's 'W,H' text."""
+    from lib_sdtrain.prepare.buckets import parse_resolution
+
+    if isinstance(value, list | tuple):
+        text = ",".join(str(v) for v in value)
+    elif isinstance(value, int) and not isinstance(value, bool):
+        text = str(value)
+    elif isinstance(value, str):
+        text = value.strip()
+    else:
+        text = ""
+    try:
+        parse_resolution(text)
+    except ConfigError:
+        raise ConfigError(
+            f"{option.name} = {value!r}: expected 'width,height' in pixels such as \"512,512\", or one number."
+        ) from None
+    return text
+
+
+_COERCERS: dict[type, Callable[[Option, Any], Any]] = {
+    bool: _to_bool,
+    int: _to_int,
+    float: _to_float,
+    str: _to_str,
+    list: _to_list,
+}
+_SPECIAL_COERCERS: dict[str, Callable[[Option, Any], Any]] = {"resolution": _to_resolution}
+
+
+def _check_choice(option: Option, value: Any) -> Any:
+    """The allowed spelling of `value` (names match case-insensitively, as kohya's optimizer names do)."""
+    for choice in option.choices or ():
+        if value == choice or (isinstance(value, str) and isinstance(choice, str) and value.lower() == choice.lower()):
+            return choice
+    allowed = ", ".join(str(c) for c in option.choices or ())
+    raise ConfigError(f"{option.name} = {value!r}: expected one of {allowed}.")
+
+
+def coerce_value(option: Option, value: Any) -> Any:
+    """`value` as the option's type, or ConfigError naming the key, the value and what was expected.
+
+    Text forms are accepted for every type (a command line and a UI text box give text); None only where the
+    option is optional; an empty text in an optional number or choice means None (an empty box or dropdown)."""
+    if value is None or (value == "" and option.optional and (option.type in (int, float) or option.choices)):
+        if option.optional:
+            return None
+        raise ConfigError(f"{option.name} needs a value: expected {_EXPECTED[option.type]}.")
+    coerced = _SPECIAL_COERCERS.get(option.name, _COERCERS[option.type])(option, value)
+    return _check_choice(option, coerced) if option.choices else coerced
+
+
+# --- TOML writing ---------------------------------------------------------------------------------------------------
+
+_ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r"}
+
+
+def _needs_escape(ch: str) -> bool:
+    return ord(ch) < 0x20 or ord(ch) == 0x7F
+
+
+def _toml_string(text: str) -> str:
+    # A literal string keeps Windows paths readable ('C:\models' rather than "C:\\models").
+    if "\\" in text and "'" not in text and not any(_needs_escape(ch) for ch in text):
+        return f"'{text}'"
+    body = "".join(_ESCAPES.get(ch) or (f"\\u{ord(ch):04x}" if _needs_escape(ch) else ch) for ch in text)
+    return f'"{body}"'
+
+
+def toml_value(value: Any) -> str:
+    """One TOML value (bool, int, float, str or a list of them)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return repr(value) if math.isfinite(value) else {math.inf: "inf", -math.inf: "-inf"}.get(value, "nan")
+    if isinstance(value, str):
+        return _toml_string(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    raise TypeError(f"Cannot write {value!r} ({type(value).__name__}) to TOML")
+
+
+DEFAULT_TOML_HEADER = (
+    "SD-Train training config with kohya sd-scripts' keys (tables only group them).\n"
+    "Run it with: sdtrain train --config_file <this file>"
+)
+
+
+def config_to_toml(values: Mapping[str, Any], only_changed: bool = True, header: str | None = None) -> str:
+    """kohya-keyed TOML for flat `values`, grouped in CATEGORIES' tables; with `only_changed`, the values that
+    differ from the defaults. Every value is type-checked; empty (None) values are left out, as TOML has no null.
+    kohya keys SD-Train accepts but does not use are kept, at the top. `header` becomes the leading comment."""
+    unknown = [key for key in values if key not in _BY_NAME and key not in IGNORED_KEYS]
+    if unknown:
+        raise unknown_key_error(unknown[0])
+    lines = [f"# {line}".rstrip() for line in (DEFAULT_TOML_HEADER if header is None else header).splitlines()]
+    unused = [f"{key} = {toml_value(value)}" for key, value in values.items() if key in IGNORED_KEYS]
+    if unused:
+        lines += ["", "# kohya settings that SD-Train accepts but does not use", *unused]
+    for category, (_, table) in CATEGORIES.items():
+        entries = _table_entries(options_in(category), values, only_changed)
+        if entries:
+            lines += ["", f"[{table}]", *entries]
+    return "\n".join(lines) + "\n"
+
+
+def _table_entries(options: list[Option], values: Mapping[str, Any], only_changed: bool) -> list[str]:
+    entries = []
+    for option in options:
+        if option.name not in values:
+            continue
+        value = coerce_value(option, values[option.name])
+        if value is None or (only_changed and value == option.default):
+            continue
+        entries.append(f"{option.name} = {toml_value(value)}")
+    return entries
+
+
+def display_value(value: Any) -> str:
+    """A value as a person reads it in a form or a table (1e-4 rather than 0.0001, empty rather than None)."""
+    if value is None or value == "":
+        return "(empty)"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
