@@ -18,6 +18,7 @@ from lib_sdtrain.errors import Cancelled, SDTrainError
 
 # "module:function" pairs, in the order the pipeline runs.
 COMMANDS: list[str] = [
+    "lib_sdtrain.ui.cli:register_cli",
     "lib_sdtrain.models.cli:register_cli",
     "lib_sdtrain.dataset.cli:register_cli",
     "lib_sdtrain.prepare.cli:register_cli",
@@ -27,8 +28,10 @@ COMMANDS: list[str] = [
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_CANCELLED = 0, 1, 2, 130
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def build_parser(parser_class: type[argparse.ArgumentParser] = argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The whole command line. The job runner builds it with a parser class that raises instead of exiting, so
+    the UI and the API take the very options the CLI takes."""
+    parser = parser_class(
         prog="sdtrain",
         description="SD-Train: caption, tag and prepare a dataset, then train a Stable Diffusion LoRA or fine-tune.",
     )
@@ -47,7 +50,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USAGE
     try:
-        return int(args.handler(args) or EXIT_OK)
+        outcome = args.handler(args)  # an exit code, or the stage's result (a dict) when it succeeded
+        return outcome if isinstance(outcome, int) else EXIT_OK
     except Cancelled as e:
         print(f"sdtrain: {e}", file=sys.stderr)
         return EXIT_CANCELLED

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
+
+from lib_sdtrain.utils.progress import Progress
 
 
 def register_cli(subparsers: argparse._SubParsersAction) -> None:
@@ -37,9 +40,11 @@ def _register_tag(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=run_tag)
 
 
-def run_tag(args: argparse.Namespace) -> int:
+def run_tag(args: argparse.Namespace, progress: Progress | None = None) -> dict[str, Any]:
     from lib_sdtrain.dataset.tagging import TagOptions, find_tagger, tag_images
     from lib_sdtrain.utils.progress import TqdmProgress
+
+    progress = progress or TqdmProgress()
 
     options = TagOptions(
         thresh=args.thresh,
@@ -56,15 +61,19 @@ def run_tag(args: argparse.Namespace) -> int:
         recursive=args.recursive,
         debug=args.debug,
     )
-    summary = tag_images(args.train_data_dir, find_tagger(args.model_dir, args.repo_id), options, TqdmProgress())
-    _print_summary("tagged", summary.written, summary.skipped_existing, summary.failed)
-    return 0
+    summary = tag_images(args.train_data_dir, find_tagger(args.model_dir, args.repo_id), options, progress)
+    return _report_summary("tagged", summary, progress)
 
 
-def _print_summary(verb: str, written: int, skipped: int, failed: dict[str, str]) -> None:
-    print(f"{verb} {written} images; kept {skipped} existing files; {len(failed)} unreadable")
-    for path, reason in failed.items():
-        print(f"  {path}: {reason}")
+def _report_summary(verb: str, summary, progress: Progress) -> dict[str, Any]:
+    """Tell the user what a per-image job did; the same numbers are the job's result for the UI and the API."""
+    progress.message(
+        f"{verb} {summary.written} images; kept {summary.skipped_existing} existing files; "
+        f"{len(summary.failed)} unreadable"
+    )
+    for path, reason in summary.failed.items():
+        progress.message(f"  {path}: {reason}")
+    return {"written": summary.written, "kept": summary.skipped_existing, "failed": dict(summary.failed)}
 
 
 def _register_caption(subparsers: argparse._SubParsersAction) -> None:
@@ -101,9 +110,11 @@ def _register_caption(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=run_caption)
 
 
-def run_caption(args: argparse.Namespace) -> int:
+def run_caption(args: argparse.Namespace, progress: Progress | None = None) -> dict[str, Any]:
     from lib_sdtrain.dataset.captioning import CaptionOptions, caption_images, load_blip
     from lib_sdtrain.utils.progress import TqdmProgress
+
+    progress = progress or TqdmProgress()
 
     options = CaptionOptions(
         caption_extension=args.caption_extension,
@@ -119,6 +130,5 @@ def run_caption(args: argparse.Namespace) -> int:
         debug=args.debug,
     )
     blip = load_blip(args.caption_weights, processor_source=args.blip_processor)
-    summary = caption_images(args.train_data_dir, blip, options, TqdmProgress())
-    _print_summary("captioned", summary.written, summary.skipped_existing, summary.failed)
-    return 0
+    summary = caption_images(args.train_data_dir, blip, options, progress)
+    return _report_summary("captioned", summary, progress)

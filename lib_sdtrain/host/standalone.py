@@ -138,6 +138,13 @@ def models_dir() -> Path:
     return _config.models_dir or _config.home / "models" / "sd-train"
 
 
+def base_model_choices() -> list[str]:
+    """Checkpoints and diffusers folders in the checkpoints and models folders."""
+    from lib_sdtrain.models.discovery import sd_models
+
+    return [str(p) for p in sd_models([checkpoints_dir(), models_dir()])]
+
+
 def refresh_loras() -> bool:
     return False
 

@@ -10,6 +10,9 @@ import torch
 
 from lib_sdtrain.errors import SDTrainError
 
+# The base-model choice "the checkpoint the WebUI has loaded right now" (its clean weights; see host.webui).
+LOADED_CHECKPOINT = "loaded checkpoint"
+
 ModelVersion = Literal["sd1", "sd2", "sdxl", "sd3", "unknown"]
 
 

@@ -349,10 +349,10 @@ class WebUIProgress(CallbackProgress):
         self._state.textinfo = text
         super().on_message(text)
 
-    def on_image(self, image: Any, caption: str) -> None:
+    def on_image(self, image: Any, caption: str, path: Any = None) -> None:
         if hasattr(image, "mode") and option("sdtrain_live_preview"):
             self._state.assign_current_image(image)
-        super().on_image(image, caption)
+        super().on_image(image, caption, path)
 
     @property
     def cancelled(self) -> bool:
@@ -415,6 +415,18 @@ def _sdtrain_dir(option_name: str, default: Path) -> Path:
 
     value = getattr(shared.cmd_opts, option_name, None)
     return Path(value).expanduser() if value else default
+
+
+def base_model_choices() -> list[str]:
+    """The loaded checkpoint first (the default), then the WebUI's checkpoint list (modules/sd_models.py:
+    checkpoints_list, CheckpointInfo.filename), then diffusers folders in SD-Train's models folder."""
+    from modules import sd_models
+
+    from lib_sdtrain.host.types import LOADED_CHECKPOINT
+    from lib_sdtrain.models.discovery import sd_models as find_models
+
+    files = [info.filename for info in sd_models.checkpoints_list.values()]
+    return [LOADED_CHECKPOINT, *files, *(str(p) for p in find_models([models_dir()]))]
 
 
 def refresh_loras() -> bool:

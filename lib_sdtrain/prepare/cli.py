@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from lib_sdtrain.dataset.images import MAX_IMAGE_PIXELS
+from lib_sdtrain.utils.progress import Progress
 
 
 def register_cli(subparsers: argparse._SubParsersAction) -> None:
@@ -119,9 +120,11 @@ def _tokenizer(spec: str | None, model: str | None) -> Any:
 # --- handlers --------------------------------------------------------------------------------------------------------
 
 
-def run_merge(args: argparse.Namespace) -> int:
+def run_merge(args: argparse.Namespace, progress: Progress | None = None) -> dict[str, Any]:
     from lib_sdtrain.dataset.metadata import MergeOptions, merge_to_file
     from lib_sdtrain.utils.progress import TqdmProgress
+
+    progress = progress or TqdmProgress()
 
     options = MergeOptions(
         full_path=args.full_path,
@@ -130,19 +133,28 @@ def run_merge(args: argparse.Namespace) -> int:
         tag_extension=args.tag_extension,
         clean=args.clean_caption,
     )
-    result = merge_to_file(args.train_data_dir, args.out_json, options, in_json=args.in_json, progress=TqdmProgress())
+    result = merge_to_file(args.train_data_dir, args.out_json, options, in_json=args.in_json, progress=progress)
     if args.debug:
         for key, entry in result.metadata.items():
-            print(f"{key}: caption={entry.get('caption')!r} tags={entry.get('tags')!r}")
-    print(result.summary())
-    print(f"wrote {args.out_json} ({len(result.metadata)} entries)")
-    return 0
+            progress.message(f"{key}: caption={entry.get('caption')!r} tags={entry.get('tags')!r}")
+    progress.message(result.summary())
+    progress.message(f"wrote {args.out_json} ({len(result.metadata)} entries)")
+    return {
+        "metadata": str(args.out_json),
+        "entries": len(result.metadata),
+        "captions": result.captions,
+        "tags": result.tags,
+        "without_caption": [str(p) for p in result.missing_captions],
+        "without_tags": [str(p) for p in result.missing_tags],
+    }
 
 
-def run_buckets(args: argparse.Namespace) -> int:
+def run_buckets(args: argparse.Namespace, progress: Progress | None = None) -> dict[str, Any]:
     from lib_sdtrain.prepare.job import prepare_buckets_latents
     from lib_sdtrain.prepare.latents import LatentCacheOptions
     from lib_sdtrain.utils.progress import TqdmProgress
+
+    progress = progress or TqdmProgress()
 
     options = LatentCacheOptions(
         buckets=_bucket_settings(args),
@@ -164,22 +176,40 @@ def run_buckets(args: argparse.Namespace) -> int:
         options,
         mixed_precision=args.mixed_precision,
         tokenizer=tokenizer,
-        progress=TqdmProgress(),
+        progress=progress,
     )
     result = done.result
-    print(done.report.summary())
-    print(
+    progress.message(done.report.summary())
+    progress.message(
         f"latents: {result.encoded} written, {result.skipped_existing} already cached; "
         f"{len(result.added_keys)} image(s) had no metadata entry (added with train_resolution only)"
     )
-    print(f"wrote {args.out_json}, {done.report_path.name}, {done.histogram_path.name}")
-    return 0
+    progress.message(f"wrote {args.out_json}, {done.report_path.name}, {done.histogram_path.name}")
+    return {
+        "metadata": str(args.out_json),
+        "encoded": result.encoded,
+        "already_cached": result.skipped_existing,
+        **_report_result(done.report, done.report_path, done.histogram_path),
+    }
 
 
-def run_report(args: argparse.Namespace) -> int:
+def _report_result(report, text_path: Path, histogram_path: Path) -> dict[str, Any]:
+    """The report as the job's result: its files, the bucket counts, the images that need a look."""
+    return {
+        "report": str(text_path),
+        "histogram": str(histogram_path),
+        "summary": report.summary(),
+        "buckets": {f"{w}x{h}": n for (w, h), n in sorted(report.bucket_counts.items())},
+        "problems": report.problem_images(),
+    }
+
+
+def run_report(args: argparse.Namespace, progress: Progress | None = None) -> dict[str, Any]:
     from lib_sdtrain.dataset.metadata import load_metadata
     from lib_sdtrain.prepare.report import build_report, scan_dataset
     from lib_sdtrain.utils.progress import TqdmProgress
+
+    progress = progress or TqdmProgress()
 
     settings = _bucket_settings(args)
     metadata = load_metadata(args.metadata) if args.metadata else None
@@ -190,7 +220,7 @@ def run_report(args: argparse.Namespace) -> int:
         recursive=args.recursive,
         workers=args.max_data_loader_n_workers,
         max_pixels=args.max_image_pixels,
-        progress=TqdmProgress(),
+        progress=progress,
     )
     report = build_report(
         args.train_data_dir,
@@ -203,6 +233,6 @@ def run_report(args: argparse.Namespace) -> int:
     )
     folder, name = (args.metadata.parent, args.metadata.stem) if args.metadata else (args.train_data_dir, "dataset")
     text_path, png_path = report.write(folder, name)
-    print(report.summary())
-    print(f"wrote {text_path} and {png_path}")
-    return 0
+    progress.message(report.summary())
+    progress.message(f"wrote {text_path} and {png_path}")
+    return _report_result(report, text_path, png_path)

@@ -85,6 +85,24 @@ class DatasetReport:
     def bucket_counts(self) -> Counter[Size]:
         return Counter(r.choice.bucket for r in self.readable if r.choice is not None)
 
+    def problem_images(self) -> dict[str, str]:
+        """{image path: what is wrong with it}, for the UI's list of images that need a look."""
+        problems = {str(r.path): f"left out: {r.error}" for r in self.unreadable}
+        for r in self.upscaled:
+            if r.size and r.choice:
+                problems[str(r.path)] = (
+                    f"upscaled: {r.size[0]}x{r.size[1]} -> bucket {r.choice.bucket[0]}x{r.choice.bucket[1]}"
+                )
+        for group in self.duplicates:
+            for r in group[1:]:
+                problems[str(r.path)] = f"duplicate of {group[0].path.name}"
+        by_key = {r.key: str(r.path) for r in self.records}
+        for key, count in self.long_texts:
+            problems.setdefault(by_key.get(key, key), f"text of {count} tokens (over {MAX_TOKENS}, cut off)")
+        for key in set(self.without_caption) & set(self.without_tags):
+            problems.setdefault(by_key.get(key, key), "no caption and no tags: trains on an empty text")
+        return problems
+
     def summary(self) -> str:
         s = self.settings
         mode = "no upscale" if s.no_upscale else f"{s.min_bucket_reso}-{s.max_bucket_reso}"

@@ -281,7 +281,7 @@ class Trainer:
         self.model.unet.train(was_training)
         for path, image in results:
             self.samples.append(path)
-            self.progress.image(image, caption=path.name)
+            self.progress.image(image, caption=path.name, path=path)
 
     # --- the loop -------------------------------------------------------------------------------------------------
 

@@ -56,6 +56,15 @@ def parse_prompt_line(line: str) -> SamplePrompt | None:
     return sample
 
 
+def write_prompt_file(folder: str | Path, name: str, text: str) -> Path:
+    """Prompts typed in a form, one per line, saved as `<folder>/<name>.prompts.txt` for `sample_prompts`."""
+    from lib_sdtrain.utils.files import atomic_write_text, check_safe_name
+
+    path = Path(folder) / f"{check_safe_name(name, 'output name')}.prompts.txt"
+    atomic_write_text(path, text.strip() + "\n")
+    return path
+
+
 def read_prompt_file(path: str | Path) -> list[SamplePrompt]:
     from lib_sdtrain.errors import ConfigError
 
@@ -72,20 +81,9 @@ def generate_samples(
 ):
     """Render each prompt with the model as it is now (LoRA attached); returns [(path, image)]. `label` is kohya's
     file-name part: `e000003` after an epoch, `000500` after a step."""
-    from diffusers import DDIMScheduler, StableDiffusionPipeline
+    from lib_sdtrain.generate.pipeline import build_pipeline
 
-    scheduler = DDIMScheduler.from_config(model.noise_scheduler().config, clip_sample=False, set_alpha_to_one=False)
-    pipe = StableDiffusionPipeline(
-        vae=model.vae,
-        text_encoder=model.text_encoder,
-        tokenizer=model.tokenizer,
-        unet=model.unet,
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    pipe.set_progress_bar_config(disable=True)
+    pipe = build_pipeline(model, sampler="ddim")
     out_dir.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d%H%M%S")
     results = []

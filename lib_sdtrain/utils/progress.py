@@ -53,9 +53,9 @@ class Progress:
         """A line for the user (a warning, a skipped file, a saved file)."""
         self.on_message(text)
 
-    def image(self, image: Any, caption: str = "") -> None:
-        """A picture worth showing (a training sample, a histogram)."""
-        self.on_image(image, caption)
+    def image(self, image: Any, caption: str = "", path: Any = None) -> None:
+        """A picture worth showing (a training sample, a histogram); `path` is where it was saved, if it was."""
+        self.on_image(image, caption, path)
 
     def finish(self) -> None:
         self.on_finish()
@@ -76,7 +76,7 @@ class Progress:
     def on_start(self) -> None: ...
     def on_advance(self, n: int, info: dict[str, Any]) -> None: ...
     def on_message(self, text: str) -> None: ...
-    def on_image(self, image: Any, caption: str) -> None: ...
+    def on_image(self, image: Any, caption: str, path: Any = None) -> None: ...
     def on_finish(self) -> None: ...
 
 
@@ -131,8 +131,8 @@ class CallbackProgress(Progress):
         self.messages.append(text)
         self.callback("message", {"text": text})
 
-    def on_image(self, image: Any, caption: str) -> None:
-        self.callback("image", {"image": image, "caption": caption})
+    def on_image(self, image: Any, caption: str, path: Any = None) -> None:
+        self.callback("image", {"image": image, "caption": caption, "path": path})
 
     def on_finish(self) -> None:
         self.callback("finish", {})

@@ -1,0 +1,256 @@
+"""The stages a job can run, with the options the CLI takes for them (kohya's names), checked before a job starts.
+
+caption, tag, merge, buckets and report take the options of `sdtrain <kind>` and go through the CLI's own parser
+and handler, so the UI, the API and the CLI cannot drift apart. prepare is merge then buckets; train takes the
+TOML keys (and `config_file`). `check(options)` raises InputError naming the field at fault, or returns the work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lib_sdtrain.errors import ConfigError
+from lib_sdtrain.host.types import LOADED_CHECKPOINT
+from lib_sdtrain.utils.progress import Progress
+
+Work = Callable[[Progress], dict[str, Any]]
+
+
+# Options naming files or folders. Where a hub id is also allowed, only values that look like paths are checked.
+PATH_OPTIONS = frozenset(
+    {"train_data_dir", "out_json", "in_json", "metadata", "model_dir", "output_dir", "sample_prompts", "resume",
+     "network_weights", "logging_dir", "config_file"}
+)  # fmt: skip
+PATH_OR_HUB_OPTIONS = frozenset(
+    {"model", "caption_weights", "blip_processor", "tokenizer", "pretrained_model_name_or_path"}
+)
+
+
+class InputError(ConfigError):
+    """A bad option, with the name of the field at fault so a form can show the message next to it."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+@dataclass(frozen=True)
+class Stage:
+    kind: str
+    title: str
+    uses_gpu: bool
+    check: Callable[[dict[str, Any]], Work]
+    unloads_model: bool = False
+    """Moves the WebUI's model off the GPU while it runs (training needs the VRAM; captioning does not)."""
+
+
+# --- the CLI's options ---------------------------------------------------------------------------------------------
+
+
+class _RaisingParser(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse would exit the server
+        raise ConfigError(message)
+
+
+@functools.cache
+def _subparser(command: str) -> argparse.ArgumentParser:
+    from lib_sdtrain.cli import build_parser
+
+    parser = build_parser(_RaisingParser)
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return subparsers.choices[command]
+
+
+def cli_options(command: str) -> dict[str, argparse.Action]:
+    """{option name: argparse action} of `sdtrain <command>`: what the API accepts for that kind."""
+    return {a.dest: a for a in _subparser(command)._actions if a.dest not in ("help", "handler")}
+
+
+def parse_cli_options(command: str, options: dict[str, Any]) -> argparse.Namespace:
+    """Options as `sdtrain <command>` would take them, parsed by its own parser (types, choices, defaults)."""
+    actions = cli_options(command)
+    argv: list[str] = []
+    for name in [n for n, a in actions.items() if not a.option_strings]:  # positionals, in order
+        value = options.get(name)
+        if value in (None, ""):
+            raise InputError(name, f"{name} is required.")
+        argv.append(str(value))
+    for name, value in options.items():
+        action = actions.get(name)
+        if action is None:
+            close = difflib.get_close_matches(name, list(actions), n=1)
+            raise InputError(
+                name, f"Unknown option {name!r} for {command}." + (f" Did you mean {close[0]!r}?" if close else "")
+            )
+        if not action.option_strings or value is None:
+            continue
+        if isinstance(action, argparse._StoreTrueAction):
+            argv += [action.option_strings[0]] if _truthy(value) else []
+        else:
+            argv += [action.option_strings[0], str(value)]
+    try:
+        return _subparser(command).parse_args(argv)
+    except ConfigError as e:
+        raise InputError(_field_in(str(e), actions), f"{command}: {e}") from None
+
+
+def _truthy(value: Any) -> bool:
+    return value.strip().lower() in ("1", "true", "yes", "on") if isinstance(value, str) else bool(value)
+
+
+def _field_in(message: str, names: Any) -> str:
+    """The option a message is about (the longest name it mentions), for the form to show it there."""
+    return max((name for name in names if name in message), key=len, default="")
+
+
+# --- checks shared by every stage ------------------------------------------------------------------------------------
+
+
+def check_paths(values: dict[str, Any]) -> None:
+    """Every file or folder option must be one SD-Train may use (host.check_path_allowed: anything locally, only
+    SD-Train's folders when the server listens on the network)."""
+    from lib_sdtrain import host
+
+    for name, value in values.items():
+        if value in (None, "") or value == LOADED_CHECKPOINT:
+            continue
+        if name in PATH_OPTIONS or (name in PATH_OR_HUB_OPTIONS and _looks_like_path(str(value))):
+            try:
+                host.current().check_path_allowed(str(value), name)
+            except ConfigError:
+                raise
+            except Exception as e:  # SDTrainError with the host's explanation
+                raise InputError(name, str(e)) from None
+
+
+def _looks_like_path(value: str) -> bool:
+    path = Path(value).expanduser()
+    return path.exists() or path.is_absolute() or value.startswith((".", "~")) or bool(path.suffix)
+
+
+def check_image_folder(name: str, folder: Any, recursive: bool = False) -> Path:
+    from lib_sdtrain.dataset.images import list_images
+
+    if not folder:
+        raise InputError(name, "Choose a dataset folder.")
+    path = Path(folder).expanduser()
+    if not path.is_dir():
+        raise InputError(name, f"The folder {path} does not exist.")
+    if not list_images(path, recursive) and not any(p.is_dir() for p in path.iterdir()):
+        raise InputError(name, f"There are no images in {path} (png, jpg, jpeg, webp, bmp).")
+    return path
+
+
+def check_model_source(name: str, source: Any) -> None:
+    if not source:
+        raise InputError(name, "Choose a base model.")
+    value = str(source)
+    if value == LOADED_CHECKPOINT or not _looks_like_path(value):
+        return  # the loaded checkpoint, or a hub id (the loader says if it cannot be had)
+    if not Path(value).expanduser().exists():
+        raise InputError(name, f"The model {value} does not exist.")
+
+
+# --- the stages ------------------------------------------------------------------------------------------------------
+
+
+def _cli_stage(command: str) -> Callable[[dict[str, Any]], Work]:
+    def check(options: dict[str, Any]) -> Work:
+        args = parse_cli_options(command, options)
+        check_paths(vars(args))
+        if hasattr(args, "train_data_dir"):
+            check_image_folder("train_data_dir", args.train_data_dir, getattr(args, "recursive", False))
+        if command == "buckets":
+            check_model_source("model", args.model)
+        return lambda progress: args.handler(args, progress)
+
+    return check
+
+
+def _check_prepare(options: dict[str, Any]) -> Work:
+    """merge (captions + tags -> meta_clean.json) then buckets (-> meta_lat.json + latents), in one job."""
+    options = dict(options)
+    folder = check_image_folder("train_data_dir", options.get("train_data_dir"), bool(options.get("recursive")))
+    clean = options.pop("out_json", None) or str(folder / "meta_clean.json")
+    latents = options.pop("latents_json", None) or str(folder / "meta_lat.json")
+    merge_keys = set(cli_options("merge"))
+    merge_options = {k: v for k, v in options.items() if k in merge_keys and k != "in_json"}
+    merge_options.update(out_json=clean)
+    bucket_options = {k: v for k, v in options.items() if k not in ("clean_caption", "tag_extension", "debug")}
+    bucket_options.update(in_json=clean, out_json=latents)
+    merge_args = parse_cli_options("merge", merge_options)
+    check_paths(vars(merge_args))
+    check_model_source("model", options.get("model"))
+    check_paths({"model": options.get("model")})
+
+    def work(progress: Progress) -> dict[str, Any]:
+        merged = merge_args.handler(merge_args, progress)
+        progress.check_cancelled()
+        bucket_args = parse_cli_options("buckets", {**bucket_options, "model": _vae_source(options["model"])})
+        return {"merge": merged, **bucket_args.handler(bucket_args, progress)}
+
+    return work
+
+
+def _vae_source(model: str) -> Any:
+    """The VAE for latents: in the WebUI the loaded checkpoint's file; else the model as given."""
+    if model != LOADED_CHECKPOINT:
+        return model
+    from lib_sdtrain import host
+
+    checkpoint = host.current().loaded_checkpoint()
+    if checkpoint is None:
+        raise InputError("model", "No checkpoint is loaded in the WebUI; choose a model file.")
+    return str(checkpoint.path)
+
+
+def _check_train(options: dict[str, Any]) -> Work:
+    from lib_sdtrain.train.config import load_config
+
+    options = {k: v for k, v in options.items() if v is not None and v != ""}
+    config_file = options.pop("config_file", None)
+    check_paths({"config_file": config_file, **options})
+    try:
+        config = load_config(config_file, options)
+    except ConfigError as e:
+        raise InputError(_field_in(str(e), options), str(e)) from None
+    check_model_source("pretrained_model_name_or_path", config.pretrained_model_name_or_path)
+    if not config.in_json:
+        check_image_folder("train_data_dir", config.train_data_dir, recursive=True)
+    elif not Path(config.in_json).is_file():
+        raise InputError("in_json", f"The metadata file {config.in_json} does not exist; run Prepare first.")
+    if config.resume and not Path(config.resume).is_dir():
+        raise InputError("resume", f"The state folder {config.resume} does not exist.")
+    from lib_sdtrain.utils.files import check_safe_name
+
+    try:
+        check_safe_name(config.output_name, "output name")
+    except ValueError as e:
+        raise InputError("output_name", str(e)) from None
+
+    def work(progress: Progress) -> dict[str, Any]:
+        from lib_sdtrain.train.run import run_training
+
+        return run_training(config, progress)
+
+    return work
+
+
+STAGES: dict[str, Stage] = {
+    stage.kind: stage
+    for stage in (
+        Stage("caption", "Captioning (BLIP)", True, _cli_stage("caption")),
+        Stage("tag", "Tagging (WD14)", True, _cli_stage("tag")),
+        Stage("merge", "Merging captions and tags", False, _cli_stage("merge")),
+        Stage("buckets", "Buckets and latents", True, _cli_stage("buckets")),
+        Stage("report", "Dataset report", False, _cli_stage("report")),
+        Stage("prepare", "Preparing the dataset", True, _check_prepare),
+        Stage("train", "Training", True, _check_train, unloads_model=True),
+    )
+}

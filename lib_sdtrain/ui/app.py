@@ -1,0 +1,109 @@
+"""The SD-Train UI, built once as a gr.Blocks for both hosts: the WebUI's SD-Train tab and the standalone app.
+
+    blocks = build_ui(host.current())
+
+It holds no pipeline logic: every button either edits a dataset's text files (lib_sdtrain.dataset.editing) or
+starts a stage through the job runner, and the page polls the runner for what is running.
+"""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from lib_sdtrain import __version__
+from lib_sdtrain.jobs import runner
+from lib_sdtrain.ui import dataset_tab, monitor, prepare_tab, train_tab
+from lib_sdtrain.ui.common import error_for, message_html, subfolders
+
+ELEM_ID = "sdtrain"
+
+
+def build_ui(host, css: str | None = None) -> gr.Blocks:
+    model_choices = host.base_model_choices()
+    with gr.Blocks(analytics_enabled=False, elem_id=ELEM_ID, title="SD-Train", css=css) as blocks:
+        with gr.Row(elem_classes=["sdtrain-header"]):
+            header = gr.HTML(elem_id="sdtrain_status", scale=5)
+            cancel = gr.Button("Cancel job", variant="stop", scale=0, min_width=120, elem_id="sdtrain_cancel_job")
+        header_message = gr.HTML(elem_id="sdtrain_header_message")
+        demo_controls = _demo_notice(host, model_choices) if not host.is_webui() else None
+        with gr.Tabs(elem_id="sdtrain_tabs"):
+            with gr.Tab("1. Dataset", elem_id="sdtrain_tab_dataset"):
+                dataset = dataset_tab.build(host)
+            with gr.Tab("2. Prepare", elem_id="sdtrain_tab_prepare"):
+                prepare = prepare_tab.build(host, dataset.folder, model_choices)
+            with gr.Tab("3. Train", elem_id="sdtrain_tab_train"):
+                train = train_tab.build(host, dataset.folder, dataset.lora_name, dataset.trigger_word, model_choices)
+            if not host.is_webui():
+                with gr.Tab("4. Generate", elem_id="sdtrain_tab_generate"):
+                    from lib_sdtrain.ui import generate_tab
+
+                    generate_tab.build(host, model_choices)
+        gr.Markdown(f"SD-Train {__version__}", elem_classes=["sdtrain-footer"])
+
+        finished = gr.Textbox(visible=False, elem_id="sdtrain_finished")
+        seen = gr.State({})
+        blocks.load(monitor.poll, [seen], [header, *train.monitor, finished, seen], every=monitor.POLL_SECONDS)
+        cancel.click(train_tab._cancel_message, None, [header_message])
+
+        def after_job(job_id):
+            """A job just finished: show what it changed."""
+            job = runner().get(job_id) if job_id else None
+            unchanged = [gr.update()] * (len(prepare.outputs) + len(dataset.report_outputs))
+            if job is None or job.result is None:
+                return unchanged
+            if job.kind == "prepare":
+                return [*prepare_tab.result_values(job.result), *([gr.update()] * len(dataset.report_outputs))]
+            if job.kind == "report":
+                return [*([gr.update()] * len(prepare.outputs)), *dataset_tab.report_values(job.result)]
+            return unchanged
+
+        finished.change(after_job, [finished], [*prepare.outputs, *dataset.report_outputs]).then(
+            dataset.refresh, dataset.filter_inputs, dataset.gallery_outputs
+        )
+        if demo_controls is not None:
+            button, notice = demo_controls
+            button.click(
+                lambda: _make_demo(host), None,
+                [notice, dataset.folder, prepare.model, train.form.components["pretrained_model_name_or_path"],
+                 *dataset.models],
+            ).then(dataset.refresh, dataset.filter_inputs, dataset.gallery_outputs)  # fmt: skip
+    return blocks
+
+
+def _demo_notice(host, model_choices: list[str]):
+    """The standalone app with no model: say where one goes, and offer the demo set."""
+    text = (
+        f"**No Stable Diffusion model found.** Put an SD 1.x/2.x checkpoint (`.safetensors`) into "
+        f"`{host.checkpoints_dir()}`, or a diffusers folder into `{host.models_dir()}`, then reload this page. "
+        "Or make the demo: tiny random-weight models (their images are not pictures) and a small drawn dataset, "
+        "to try caption → tag → prepare → train → generate on a CPU in a few minutes."
+        if not model_choices
+        else "Want to try the workflow first? The demo makes tiny random-weight models and a small drawn dataset."
+    )
+    with gr.Accordion("Getting started", open=not model_choices, elem_id="sdtrain_getting_started"):
+        notice = gr.Markdown(text, elem_id="sdtrain_demo_notice")
+        button = gr.Button("Make the demo models and dataset", elem_id="sdtrain_make_demo")
+    return button, notice
+
+
+def _make_demo(host):
+    from lib_sdtrain.demo.make import make_demo
+
+    try:
+        paths = make_demo(host.models_dir(), host.dataset_dir())
+    except Exception as e:
+        return [error_for(e), *([gr.update()] * 5)]
+    models = host.base_model_choices()
+    sd = str(paths.sd_model)
+    text = (
+        f"Demo ready: model `{sd}`, BLIP `{paths.blip}`, tagger `{paths.tagger}`, images in `{paths.dataset}`. "
+        "The demo dataset is selected: caption and tag it below, then Prepare and Train."
+    )
+    return [
+        message_html(text, "ok"),
+        gr.update(choices=subfolders(host.dataset_dir()), value=paths.dataset.name),
+        gr.update(choices=models, value=sd),
+        gr.update(choices=models, value=sd),
+        gr.update(choices=dataset_tab.blip_choices(host), value=str(paths.blip)),
+        gr.update(choices=dataset_tab.tagger_choices(host), value=str(paths.tagger)),
+    ]

@@ -1,0 +1,95 @@
+"""2. Prepare: merge captions and tags into meta_clean.json, sort the images into aspect-ratio buckets and cache
+their VAE latents (meta_lat.json + .npz), then show the bucket histogram and table. One job: `prepare`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import gradio as gr
+
+from lib_sdtrain.jobs import runner
+from lib_sdtrain.ui.common import error_for, message_html
+from lib_sdtrain.ui.dataset_tab import folder_path
+
+
+@dataclass
+class PrepareControls:
+    model: gr.Dropdown
+    outputs: list
+
+
+def start_prepare(host, folder, model, resolution, batch_size, precision, flip_aug, clean, skip_existing,
+                  min_reso, max_reso, steps, no_upscale) -> str:  # fmt: skip
+    try:
+        path = folder_path(host, folder)
+        options = {
+            "train_data_dir": str(path), "model": model, "max_resolution": resolution, "batch_size": batch_size,
+            "mixed_precision": precision, "flip_aug": flip_aug, "clean_caption": clean,
+            "skip_existing": skip_existing, "min_bucket_reso": min_reso, "max_bucket_reso": max_reso,
+            "bucket_reso_steps": steps, "bucket_no_upscale": no_upscale,
+        }  # fmt: skip
+        job = runner().start("prepare", options)
+    except Exception as e:
+        return error_for(e)
+    return message_html(
+        f"Started {job.title}: {Path(path) / 'meta_clean.json'}, then {Path(path) / 'meta_lat.json'} and latents.",
+        "ok",
+    )
+
+
+def result_values(result: dict | None):
+    """(histogram, bucket table, summary) of a finished prepare job."""
+    if not result:
+        return gr.update(), gr.update(), gr.update()
+    rows = [[bucket, count] for bucket, count in result.get("buckets", {}).items()]
+    merge = result.get("merge", {})
+    summary = result.get("summary", "")
+    if merge:
+        summary = (
+            f"meta_clean.json: {merge.get('entries')} entries, {merge.get('captions')} captions, "
+            f"{merge.get('tags')} tag files\nlatents: {result.get('encoded')} encoded, "
+            f"{result.get('already_cached')} already cached\n\n{summary}"
+        )
+    return result.get("histogram"), rows, summary
+
+
+def build(host, folder: gr.Dropdown, model_choices: list[str]) -> PrepareControls:
+    gr.Markdown(
+        "Merges each image's caption (`.caption`) and tags (`.txt`) into `meta_clean.json`, sorts the images into "
+        "aspect-ratio buckets and caches their VAE latents, as kohya's `prepare_buckets_latents.py` does.",
+        elem_classes=["sdtrain-help"],
+    )
+    with gr.Row():
+        model = gr.Dropdown(
+            label="Model (its VAE encodes the latents)", choices=model_choices,
+            value=model_choices[0] if model_choices else None, allow_custom_value=True, scale=3,
+            elem_id="sdtrain_prepare_model",
+        )  # fmt: skip
+        resolution = gr.Textbox(label="Max resolution (W,H)", value="512,512", scale=1, elem_id="sdtrain_prepare_reso")
+        precision = gr.Radio(["no", "fp16", "bf16"], value="no", label="VAE precision", scale=1)
+    with gr.Row():
+        batch_size = gr.Number(label="Batch size", value=4, precision=0)
+        flip_aug = gr.Checkbox(label="Also cache flipped latents (flip_aug)", value=False)
+        clean = gr.Checkbox(label="Clean captions and tags (kohya's rules)", value=False)
+        skip_existing = gr.Checkbox(label="Keep latents that are already cached", value=True)
+    with gr.Accordion("Bucket options", open=False), gr.Row():
+        min_reso = gr.Number(label="Smallest bucket side", value=256, precision=0)
+        max_reso = gr.Number(label="Largest bucket side", value=1024, precision=0)
+        steps = gr.Number(label="Bucket step", value=64, precision=0)
+        no_upscale = gr.Checkbox(label="Never enlarge (bucket_no_upscale)", value=False)
+    button = gr.Button("Prepare the dataset", variant="primary", elem_id="sdtrain_prepare")
+    message = gr.HTML(elem_id="sdtrain_prepare_message")
+    with gr.Row():
+        histogram = gr.Image(label="Bucket histogram", interactive=False, elem_id="sdtrain_histogram")
+        with gr.Column():
+            table = gr.Dataframe(headers=["bucket", "images"], label="Buckets", interactive=False,
+                                 elem_id="sdtrain_bucket_table")  # fmt: skip
+            summary = gr.Textbox(label="Summary", lines=10, interactive=False)
+    button.click(
+        lambda *a: start_prepare(host, *a),
+        [folder, model, resolution, batch_size, precision, flip_aug, clean, skip_existing, min_reso, max_reso,
+         steps, no_upscale],
+        [message],
+    )  # fmt: skip
+    return PrepareControls(model, [histogram, table, summary])

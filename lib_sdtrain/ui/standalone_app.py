@@ -1,0 +1,86 @@
+"""The standalone app: the SD-Train UI and API in a plain Gradio server, with the standalone host."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import lib_sdtrain
+
+STYLE_CSS = Path(lib_sdtrain.__file__).resolve().parent.parent / "style.css"
+
+
+@dataclass
+class AppSettings:
+    home: str | None = None
+    listen: bool = False
+    port: int = 7870
+    share: bool = False
+    auth: str | None = None
+    api: bool = False
+    api_auth: str | None = None
+    dataset_dir: str | None = None
+    output_dir: str | None = None
+    models_dir: str | None = None
+    checkpoints_dir: str | None = None
+    lora_dir: str | None = None
+
+
+def parse_auth(spec: str | None) -> list[tuple[str, str]] | None:
+    from lib_sdtrain.host.auth import parse_credentials
+
+    credentials = parse_credentials(spec)
+    return list(credentials.items()) or None
+
+
+def configure_host(settings: AppSettings):
+    """The standalone host with the app's folders; SD-Train's folders only when others can reach the server."""
+    from lib_sdtrain.host import standalone
+
+    folders = {
+        key: getattr(settings, key)
+        for key in ("home", "dataset_dir", "output_dir", "models_dir", "checkpoints_dir", "lora_dir")
+        if getattr(settings, key)
+    }
+    standalone.configure(**folders, restrict_file_access=settings.listen or settings.share, api_auth=settings.api_auth)
+    for folder in standalone.allowed_roots():
+        folder.mkdir(parents=True, exist_ok=True)
+    return standalone
+
+
+def create_app(settings: AppSettings):
+    """(blocks, host): the UI built for the standalone host, queued (the page polls jobs with `every=`)."""
+    from lib_sdtrain.ui.app import build_ui
+
+    host = configure_host(settings)
+    css = STYLE_CSS.read_text(encoding="utf-8") if STYLE_CSS.is_file() else None
+    blocks = build_ui(host, css=css)
+    blocks.queue(concurrency_count=8, api_open=False)
+    return blocks, host
+
+
+def serve(settings: AppSettings, block: bool = True):
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    blocks, host = create_app(settings)
+    app, local_url, share_url = blocks.launch(
+        server_name="0.0.0.0" if settings.listen else "127.0.0.1",
+        server_port=settings.port,
+        share=settings.share,
+        auth=parse_auth(settings.auth),
+        prevent_thread_lock=True,
+        show_api=False,
+        quiet=True,
+    )
+    if settings.api:
+        from lib_sdtrain.api import register_routes
+
+        register_routes(app, host)
+    print(f"SD-Train is at {local_url}" + (f" and {share_url}" if share_url else ""), flush=True)
+    print(
+        f"Datasets: {host.dataset_dir()}  Checkpoints: {host.checkpoints_dir()}  Outputs: {host.output_dir()}",
+        flush=True,
+    )
+    if block:
+        blocks.block_thread()
+    return blocks
