@@ -37,7 +37,7 @@ def main() -> None:
 
     from lib_sdtrain.dataset.captioning import CaptionOptions, caption_images, load_blip
     from lib_sdtrain.dataset.tagging import TagOptions, find_tagger, tag_images
-    from tests.dataset.onnx_writer import write_tagger_onnx
+    from lib_sdtrain.demo.onnx_writer import write_tagger_onnx
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=32)
@@ -59,7 +59,7 @@ def main() -> None:
     single = rate(lambda: tag_images(folder, tagger, TagOptions(batch_size=1, overwrite=True)), args.images)
     print(f"WD14 tagging (448 px input): batch {args.batch}: {batched:.1f} images/s, batch 1: {single:.1f} images/s")
 
-    from tests.dataset.test_captioning import write_tiny_blip
+    from lib_sdtrain.demo.tiny_blip import write_tiny_blip
 
     blip = load_blip(str(write_tiny_blip(work / "blip")), device="cpu")
     options = CaptionOptions(beam_search=True, num_beams=3, max_length=20, overwrite=True)

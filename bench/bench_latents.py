@@ -48,7 +48,7 @@ def make_vae(full: bool):
         from bench.sd15_architecture import sd15_vae
 
         return sd15_vae()
-    from tests.tiny_models import tiny_vae
+    from lib_sdtrain.demo.tiny_models import tiny_vae
 
     return tiny_vae()
 

@@ -24,8 +24,8 @@ def prepare(workdir: Path, precision: str) -> tuple[Path, Path]:
     import torch
 
     from bench.sd15_architecture import random_sd15_model, write_config_folder
+    from lib_sdtrain.demo.tiny_models import write_tiny_tokenizer
     from lib_sdtrain.models.saving import save_sd_checkpoint
-    from tests.tiny_models import write_tiny_tokenizer
 
     tokenizer = write_tiny_tokenizer(workdir / "tokenizer")
     checkpoint = workdir / f"random-sd15-{precision}.safetensors"

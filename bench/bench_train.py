@@ -85,12 +85,12 @@ def make_dataset(folder: Path, side: int, count: int = 8) -> dict[str, str]:
 
 def make_model(workdir: Path, full: bool) -> Path:
     if not full:
-        from tests.tiny_models import write_tiny_diffusers_model
+        from lib_sdtrain.demo.tiny_models import write_tiny_diffusers_model
 
         return write_tiny_diffusers_model(workdir / "tiny-model")
     from bench.sd15_architecture import random_sd15_model
+    from lib_sdtrain.demo.tiny_models import write_tiny_tokenizer
     from lib_sdtrain.models.saving import save_sd_checkpoint
-    from tests.tiny_models import write_tiny_tokenizer
 
     write_tiny_tokenizer(workdir / "tokenizer")
     from transformers import CLIPTokenizer

@@ -1,4 +1,4 @@
-"""BLIP captioning through transformers' real pipeline on a tiny BLIP built from a config."""
+"""BLIP captioning through transformers' real pipeline on a tiny BLIP built from a config (lib_sdtrain.demo)."""
 
 from __future__ import annotations
 
@@ -7,42 +7,10 @@ import re
 import pytest
 import torch
 from PIL import Image
-from transformers import (
-    BertTokenizer,
-    BlipConfig,
-    BlipForConditionalGeneration,
-    BlipImageProcessor,
-    BlipProcessor,
-    BlipTextConfig,
-    BlipVisionConfig,
-)
 
 from lib_sdtrain.dataset.captioning import CaptionOptions, caption_images, load_blip
+from lib_sdtrain.demo.tiny_blip import WORDS, write_tiny_blip
 from lib_sdtrain.errors import DatasetError, ModelLoadError
-
-WORDS = ["a", "picture", "of", "red", "blue", "cat", "dog", "sitting", "on", "the", "table", "with", "green"]
-
-
-def write_tiny_blip(folder):
-    """BLIP with one 64-wide head per layer and a 19-word vocabulary, saved as a transformers folder."""
-    folder.mkdir(parents=True)
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[DEC]", *WORDS]
-    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    tokenizer = BertTokenizer(str(folder / "vocab.txt"), bos_token="[DEC]", model_max_length=64)
-    processor = BlipProcessor(BlipImageProcessor(size={"height": 32, "width": 32}), tokenizer)
-    text = BlipTextConfig(
-        vocab_size=len(vocab), hidden_size=64, encoder_hidden_size=64, intermediate_size=128, num_hidden_layers=1,
-        num_attention_heads=1, max_position_embeddings=64, bos_token_id=vocab.index("[DEC]"),
-        pad_token_id=0, sep_token_id=vocab.index("[SEP]"),
-    )  # fmt: skip
-    vision = BlipVisionConfig(
-        hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=1, image_size=32, patch_size=8
-    )
-    torch.manual_seed(0)
-    model = BlipForConditionalGeneration(BlipConfig.from_text_vision_configs(text, vision, projection_dim=64))
-    model.save_pretrained(folder)
-    processor.save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture(scope="module")

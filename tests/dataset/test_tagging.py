@@ -7,8 +7,8 @@ import pytest
 from PIL import Image
 
 from lib_sdtrain.dataset.tagging import TagOptions, find_tagger, prepare_image, tag_images
+from lib_sdtrain.demo.onnx_writer import write_tiny_tagger
 from lib_sdtrain.errors import DatasetError, ModelLoadError
-from tests.dataset.onnx_writer import write_tagger_onnx
 
 # name, category, weights on mean (B, G, R) in 0-1, bias
 TAGS = [
@@ -25,13 +25,7 @@ TAGS = [
 
 @pytest.fixture
 def tagger_dir(tmp_path):
-    folder = tmp_path / "wd-v1-4-tiny-tagger"
-    folder.mkdir()
-    weights = np.array([t[2] for t in TAGS], dtype=np.float32).T
-    write_tagger_onnx(folder / "model.onnx", 32, weights, np.array([t[3] for t in TAGS], dtype=np.float32))
-    rows = ["tag_id,name,category,count"] + [f"{i},{n},{c},100" for i, (n, c, _, _) in enumerate(TAGS)]
-    (folder / "selected_tags.csv").write_text("\n".join(rows) + "\n")
-    return folder
+    return write_tiny_tagger(tmp_path / "wd-v1-4-tiny-tagger", TAGS)
 
 
 @pytest.fixture

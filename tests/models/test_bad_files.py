@@ -123,11 +123,7 @@ def test_tokenizer_that_does_not_fit(tiny_sd_checkpoint, tmp_path):
     from tests.tiny_models import WORDS, write_tiny_tokenizer
 
     big = tmp_path / "big-tokenizer"
-    WORDS.extend(f"extraword{i}" for i in range(200))
-    try:
-        write_tiny_tokenizer(big)
-    finally:
-        del WORDS[-200:]
+    write_tiny_tokenizer(big, [*WORDS, *(f"extraword{i}" for i in range(200))])
     with pytest.raises(ModelLoadError, match="do not belong together"):
         load_sd_model(tiny_sd_checkpoint, tokenizer=big)
 

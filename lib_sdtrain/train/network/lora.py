@@ -174,21 +174,33 @@ class LoRANetwork(nn.Module):
 
 def _create_modules(root: nn.Module, prefix: str, targets: tuple[str, ...], spec: NetworkSpec) -> list[LoRAModule]:
     loras = []
+    for lora_name, child in target_layers(root, prefix, targets):
+        if child.__class__.__name__ == "Linear" or child.kernel_size == (1, 1):
+            rank, alpha = spec.rank, spec.alpha
+        elif spec.conv_rank:
+            rank, alpha = spec.conv_rank, spec.conv_alpha
+        else:
+            continue
+        loras.append(LoRAModule(lora_name, child, rank, alpha, spec.dropout))
+    return loras
+
+
+def target_layers(
+    root: nn.Module, prefix: str, targets: tuple[str, ...]
+) -> Iterator[tuple[str, nn.Linear | nn.Conv2d]]:
+    """(kohya name, layer) for every Linear and Conv2d inside the modules whose class is one of `targets`."""
     for name, module in root.named_modules():
         if module.__class__.__name__ not in targets:
             continue
         for child_name, child in module.named_modules():
             # kohya compares class names exactly: subclasses of Linear/Conv2d (e.g. quantised layers) are skipped
-            is_linear = child.__class__.__name__ == "Linear"
-            is_conv = child.__class__.__name__ == "Conv2d"
-            if not (is_linear or is_conv):
-                continue
-            if is_linear or child.kernel_size == (1, 1):
-                rank, alpha = spec.rank, spec.alpha
-            elif spec.conv_rank:
-                rank, alpha = spec.conv_rank, spec.conv_alpha
-            else:
-                continue
-            lora_name = f"{prefix}.{name}.{child_name}".replace(".", "_")
-            loras.append(LoRAModule(lora_name, child, rank, alpha, spec.dropout))
-    return loras
+            if child.__class__.__name__ in ("Linear", "Conv2d"):
+                yield f"{prefix}.{name}.{child_name}".replace(".", "_"), child
+
+
+def model_target_layers(unet: nn.Module, text_encoder: nn.Module | None) -> dict[str, nn.Linear | nn.Conv2d]:
+    """Every layer a kohya LoRA or LoCon for this model may change, by kohya name."""
+    layers = dict(target_layers(unet, UNET_PREFIX, UNET_TARGETS + UNET_CONV_TARGETS))
+    if text_encoder is not None:
+        layers.update(target_layers(text_encoder, TEXT_ENCODER_PREFIX, TEXT_ENCODER_TARGETS))
+    return layers

@@ -6,7 +6,43 @@ The model: input [N, S, S, 3] float32 BGR 0-255 -> mean colour per channel -> li
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from pathlib import Path
+
 import numpy as np
+
+# name, WD14 category (0 general, 4 character, 9 rating), weights on the mean (B, G, R) in 0-1, bias
+TagSpec = tuple[str, int, tuple[float, float, float], float]
+
+# For the demo images (lib_sdtrain.demo.dataset): the first tags hold for every image; grass, night and sunset
+# follow the scene's colours (weights fitted to the scenes as the tagger sees them, padded white to a square).
+DEMO_TAGS: list[TagSpec] = [
+    ("general", 9, (0, 0, 0), 2.0),
+    ("sensitive", 9, (0, 0, 0), -2.0),
+    ("questionable", 9, (0, 0, 0), -3.0),
+    ("explicit", 9, (0, 0, 0), -4.0),
+    ("solo", 0, (0, 0, 0), 3.0),
+    ("no_humans", 0, (0, 0, 0), 3.0),
+    ("creature", 0, (0, 0, 0), 2.5),
+    ("full_body", 0, (0, 0, 0), 1.5),
+    ("looking_at_viewer", 0, (0, 0, 0), 1.0),
+    ("grass", 0, (-10.8, 54.0, -49.4), 0.2),
+    ("night", 0, (3.0, -18.6, -45.8), 26.8),
+    ("sunset", 0, (-34.2, -25.2, 51.4), -3.0),
+]
+DEMO_ALWAYS_TAGS = ["solo", "no_humans", "creature", "full_body", "looking_at_viewer"]
+TAGGER_SIZE = 32
+
+
+def write_tiny_tagger(folder: str | Path, tags: Sequence[TagSpec] = DEMO_TAGS, size: int = TAGGER_SIZE) -> Path:
+    """A WD14 tagger folder as kohya and SD-Train read it: model.onnx and selected_tags.csv."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    weights = np.array([t[2] for t in tags], dtype=np.float32).T
+    write_tagger_onnx(folder / "model.onnx", size, weights, np.array([t[3] for t in tags], dtype=np.float32))
+    rows = ["tag_id,name,category,count"] + [f"{i},{tag[0]},{tag[1]},100" for i, tag in enumerate(tags)]
+    (folder / "selected_tags.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    return folder
 
 
 def _varint(value: int) -> bytes:
@@ -51,7 +87,7 @@ def _node(op: str, inputs: list[str], outputs: list[str], attributes: bytes = b"
     return b"".join(_str(1, i) for i in inputs) + b"".join(_str(2, o) for o in outputs) + _str(4, op) + attributes
 
 
-def write_tagger_onnx(path, size: int, weights: np.ndarray, bias: np.ndarray) -> None:
+def write_tagger_onnx(path: str | Path, size: int, weights: np.ndarray, bias: np.ndarray) -> None:
     """weights [3, tags] act on the mean B, G, R values scaled to 0-1."""
     axes = _str(1, "axes") + b"".join(_int(8, a) for a in (1, 2)) + _int(20, 7)
     keepdims = _str(1, "keepdims") + _int(3, 0) + _int(20, 2)
