@@ -15,3 +15,31 @@ function sdtrainRefreshLoraCards(...args) {
     }
     return args;
 }
+
+/**
+ * After a training job, show its LoRA at once. SD-Train's tab polls its jobs and writes the id of the latest
+ * finished job into the hidden textbox #sdtrain_finished (ids start with the job kind: "train-3-1700000000"); by
+ * then the server has copied the LoRA into the Lora folder and rescanned it. A new train id there rebuilds the
+ * Lora cards, once per job. Only SD-Train's own element is read.
+ */
+let sdtrainSeenFinished = null;
+
+function sdtrainCheckFinishedJob() {
+    const box = gradioApp().querySelector("#sdtrain_finished textarea, #sdtrain_finished input");
+    if (!box || box.value === sdtrainSeenFinished) {
+        return false;
+    }
+    sdtrainSeenFinished = box.value;
+    if (!box.value.startsWith("train-")) {
+        return false;
+    }
+    sdtrainRefreshLoraCards();
+    return true;
+}
+
+// Gradio sets the textbox's value without a DOM event; the status line beside it changes in the same update.
+if (typeof onAfterUiUpdate === "function") {
+    onAfterUiUpdate(sdtrainCheckFinishedJob);
+} else if (typeof onUiUpdate === "function") {  // WebUI before v1.6
+    onUiUpdate(sdtrainCheckFinishedJob);
+}

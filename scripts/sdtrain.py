@@ -9,23 +9,11 @@ from __future__ import annotations
 import gradio as gr
 from modules import script_callbacks, shared
 
-from lib_sdtrain import __version__
 from lib_sdtrain.host import settings
 from lib_sdtrain.host import webui as host
 
 TAB_TITLE = "SD-Train"
 TAB_ID = "sdtrain"
-
-STAGES = f"""
-### SD-Train {__version__}
-
-From a folder of images to a trained model, in four stages:
-
-1. **Caption**: BLIP captions, WD14 tags, and a review of every caption.
-2. **Prepare**: metadata, aspect-ratio buckets and cached latents.
-3. **Train**: a LoRA (LoCon optional) or a full fine-tune, with samples, progress, cancel and resume.
-4. **Use**: the new LoRA appears in the Lora tab at once.
-"""
 
 
 def on_ui_settings() -> None:
@@ -37,26 +25,19 @@ def on_ui_settings() -> None:
 
 
 def on_ui_tabs() -> list[tuple[gr.Blocks, str, str]]:
-    with gr.Blocks(analytics_enabled=False) as tab:
-        gr.Markdown(STAGES, elem_classes=["sdtrain-intro"])
-    return [(tab, TAB_TITLE, TAB_ID)]
+    from lib_sdtrain.ui.app import build_ui  # here, so a UI import error costs the tab, not the settings
+
+    return [(build_ui(host), TAB_TITLE, TAB_ID)]
 
 
 def on_app_started(_demo: gr.Blocks | None, app) -> None:
-    """SD-Train's API, under /sdtrain/v1. Like the WebUI's own API it exists only with --api, and --api-auth
-    protects it."""
+    """SD-Train's API, under /sdtrain/v1 (lib_sdtrain/api.py). Like the WebUI's own API it exists only with --api,
+    and --api-auth protects it."""
     if not getattr(shared.cmd_opts, "api", False):
         return
+    from lib_sdtrain.api import register_routes
 
-    def info() -> dict:
-        checkpoint = host.loaded_checkpoint()
-        return {
-            "version": __version__,
-            "loaded_checkpoint": checkpoint.title if checkpoint else None,
-            "file_access": host.file_access_allowed(),
-        }
-
-    host.add_api_route(app, "/sdtrain/v1/info", info, methods=["GET"])
+    register_routes(app, host)
 
 
 script_callbacks.on_ui_settings(on_ui_settings)

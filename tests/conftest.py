@@ -49,3 +49,15 @@ def tiny_sd_checkpoint(tiny_sd_dir: Path, tmp_path_factory: pytest.TempPathFacto
 @pytest.fixture(scope="session")
 def tiny_sd2_checkpoint(tiny_sd2_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _write_checkpoint(tiny_sd2_dir, tmp_path_factory.mktemp("ckpt") / "tiny-sd2-v.safetensors")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def standalone_home(tmp_path_factory: pytest.TempPathFactory):
+    """The standalone host's home (its Lora folder receives every trained LoRA) in a temporary folder, not in the
+    working directory."""
+    from lib_sdtrain.host import standalone
+
+    previous = standalone.configure()
+    home = standalone.configure(home=tmp_path_factory.mktemp("sdtrain-home")).home
+    yield home
+    standalone.configure(home=previous.home)

@@ -29,6 +29,15 @@ SETTINGS: dict[str, Setting] = {
         "Refresh the Lora and checkpoint lists when a training finishes",
         "new LoRAs appear in the Lora tab without a restart",
     ),
+    "sdtrain_lora_subfolder": Setting(
+        "",
+        "Subfolder of the Lora folder for trained LoRAs",
+        "empty: the Lora folder itself",
+    ),
+    "sdtrain_copy_intermediate": Setting(
+        False,
+        "Also add the intermediate saves (save_every_n_epochs/steps) to the Lora folder",
+    ),
 }
 
 

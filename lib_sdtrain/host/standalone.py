@@ -67,6 +67,10 @@ def load_webui_model(dtype: torch.dtype = torch.float32):
     return None
 
 
+def loaded_model_problem() -> str | None:
+    return "There is no loaded checkpoint outside the WebUI: choose a model file or folder."
+
+
 def device() -> torch.device:
     if torch.cuda.is_available():
         return torch.device("cuda")

@@ -28,6 +28,8 @@ class LoadedCheckpoint:
     sha256: str | None
     version: ModelVersion
     prediction_type: Literal["epsilon", "v_prediction"] = "epsilon"
+    legacy_hash: str | None = None
+    """The WebUI's old 8-digit hash (CheckpointInfo.hash), what kohya's ss_sd_model_hash holds."""
 
     @property
     def is_sd1(self) -> bool:

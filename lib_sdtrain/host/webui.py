@@ -63,6 +63,36 @@ def loaded_checkpoint() -> LoadedCheckpoint | None:
         sha256=getattr(info, "sha256", None),
         version=_model_version(model),
         prediction_type="v_prediction" if getattr(model, "parameterization", "eps") == "v" else "epsilon",
+        legacy_hash=getattr(info, "hash", None),
+    )
+
+
+def loaded_model_problem() -> str | None:
+    """Why the loaded checkpoint cannot be trained from, or None when it can: checked before a job starts, so the
+    form says so at once. None loaded yet (the WebUI loads its model in the background at start-up); --lowvram/
+    --medvram (modules/lowvram.py: the model lives split between RAM and VRAM, moved piece by piece by forward
+    hooks, on a GPU too small for training beside it; the WebUI's own training refuses --lowvram); SDXL/SD3."""
+    from modules import shared
+
+    checkpoint = loaded_checkpoint()
+    if checkpoint is None:
+        return "No checkpoint is loaded in the WebUI yet. Load one (the list at the top), or choose a model file."
+    flag = next((f for f in ("lowvram", "medvram") if getattr(shared.cmd_opts, f, False)), None)
+    if flag is not None:
+        return (
+            f"The WebUI runs with --{flag}, which keeps its model split between RAM and VRAM: SD-Train cannot "
+            f"train from it. Choose the checkpoint's file instead ({checkpoint.path}), or restart the WebUI "
+            f"without --{flag}."
+        )
+    if checkpoint.version in ("sdxl", "sd3"):
+        return _unsupported_version_message(checkpoint)
+    return None
+
+
+def _unsupported_version_message(checkpoint: LoadedCheckpoint) -> str:
+    return (
+        f"The WebUI's loaded model {checkpoint.name} is {checkpoint.version.upper()}; SD-Train trains SD 1.x and "
+        "2.x models. Load an SD 1.x/2.x checkpoint in the WebUI, or choose a model file."
     )
 
 
@@ -88,10 +118,7 @@ def loaded_model_ldm_state_dict() -> LoadedWeights | None:
     if model is None or checkpoint is None:
         return None
     if checkpoint.version in ("sdxl", "sd3"):
-        raise UnsupportedModelError(
-            f"The WebUI's loaded model {checkpoint.name} is {checkpoint.version.upper()}; SD-Train trains SD 1.x and "
-            "2.x models. Load an SD 1.x/2.x checkpoint in the WebUI, or choose a model file."
-        )
+        raise UnsupportedModelError(_unsupported_version_message(checkpoint))
     state_dict = None if _uses_fp8() else _live_state_dict(model)
     from_file = state_dict is None
     if from_file:
@@ -201,20 +228,26 @@ def _openclip_tokenizer_as_clip() -> Any:
 
 
 def load_webui_model(dtype: torch.dtype = torch.float32):
-    """The WebUI's loaded model as an SDModel for training, built from its weights in memory; None if none loaded."""
+    """The WebUI's loaded model as an SDModel for training, built from its weights in memory; None if none loaded.
+    It carries the checkpoint's WebUI name and hashes, which the trained LoRA's metadata names as its base."""
     weights = loaded_model_ldm_state_dict()
     if weights is None:
         return None
     from lib_sdtrain.models.loading import sd_model_from_ldm
 
-    return sd_model_from_ldm(
+    checkpoint = weights.checkpoint
+    model = sd_model_from_ldm(
         weights.state_dict,
         tokenizer=weights.tokenizer,
-        prediction_type=weights.checkpoint.prediction_type,
+        prediction_type=checkpoint.prediction_type,
         dtype=dtype,
-        source=str(weights.checkpoint.path),
-        tokenizer_search_dir=weights.checkpoint.path.parent,
+        source=str(checkpoint.path),
+        tokenizer_search_dir=checkpoint.path.parent,
     )
+    model.source_name = checkpoint.name
+    model.source_hash = checkpoint.legacy_hash or ""
+    model.source_sha256 = checkpoint.sha256 or ""
+    return model
 
 
 # --- devices and memory --------------------------------------------------------------------------------------------

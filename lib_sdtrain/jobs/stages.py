@@ -69,7 +69,11 @@ def _subparser(command: str) -> argparse.ArgumentParser:
 
 def cli_options(command: str) -> dict[str, argparse.Action]:
     """{option name: argparse action} of `sdtrain <command>`: what the API accepts for that kind."""
-    return {a.dest: a for a in _subparser(command)._actions if a.dest not in ("help", "handler")}
+    actions: dict[str, argparse.Action] = {}
+    for action in _subparser(command)._actions:
+        if action.dest not in ("help", "handler"):
+            actions.setdefault(action.dest, action)  # the first spelling (kohya's old ones come later)
+    return actions
 
 
 def parse_cli_options(command: str, options: dict[str, Any]) -> argparse.Namespace:
@@ -79,6 +83,8 @@ def parse_cli_options(command: str, options: dict[str, Any]) -> argparse.Namespa
     for name in [n for n, a in actions.items() if not a.option_strings]:  # positionals, in order
         value = options.get(name)
         if value in (None, ""):
+            if actions[name].nargs == "?":
+                break  # an optional positional: it and the ones after it take their defaults
             raise InputError(name, f"{name} is required.")
         argv.append(str(value))
     for name, value in options.items():
@@ -221,6 +227,12 @@ def _check_train(options: dict[str, Any]) -> Work:
     except ConfigError as e:
         raise InputError(_field_in(str(e), options), str(e)) from None
     check_model_source("pretrained_model_name_or_path", config.pretrained_model_name_or_path)
+    if config.pretrained_model_name_or_path == LOADED_CHECKPOINT:  # none loaded, --medvram, SDXL: say so now
+        from lib_sdtrain import host
+
+        problem = host.current().loaded_model_problem()
+        if problem:
+            raise InputError("pretrained_model_name_or_path", problem)
     if not config.in_json:
         check_image_folder("train_data_dir", config.train_data_dir, recursive=True)
     elif not Path(config.in_json).is_file():

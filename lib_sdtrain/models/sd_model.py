@@ -29,6 +29,12 @@ class SDModel:
     version: SDVersion
     prediction_type: PredictionType
     source: str = ""
+    source_name: str = ""
+    """How the user knows the base model (the WebUI's checkpoint name); empty: the file or folder name of source."""
+    source_hash: str = ""
+    """The base checkpoint's old 8-digit hash when known (kohya's ss_sd_model_hash)."""
+    source_sha256: str = ""
+    """Its full sha256 when known (kohya's ss_new_sd_model_hash)."""
     scheduler_config: dict = field(default_factory=dict)
     extra_ldm_state: dict[str, torch.Tensor] = field(default_factory=dict)
 

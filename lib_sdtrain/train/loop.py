@@ -25,7 +25,7 @@ from lib_sdtrain.train.config import TrainConfig
 from lib_sdtrain.train.network.kohya_file import SAVE_DTYPES, load_lora, save_lora
 from lib_sdtrain.train.network.lora import LoRANetwork, NetworkSpec
 from lib_sdtrain.train.optim import make_lr_scheduler, make_optimizer
-from lib_sdtrain.train.outputs import lora_metadata
+from lib_sdtrain.train.outputs import OWNER_KEY, lora_metadata
 from lib_sdtrain.train.sampling import generate_samples, read_prompt_file
 from lib_sdtrain.train.state import Position, load_state, save_state
 from lib_sdtrain.train.tensorboard_log import TensorBoardLog
@@ -69,6 +69,9 @@ class Trainer:
         self.noise_generator = torch.Generator().manual_seed(config.seed)
         self.network: LoRANetwork | None = None
         self.last_good_save: Path | None = None
+        self.saves: list[Path] = []
+        self.stop_note = ""
+        """Set when the run stops early ("cancelled at step N of M"): the saves after it are not finished ones."""
         self.samples: list[Path] = []
         self.started_at = time.time()
 
@@ -249,13 +252,15 @@ class Trainer:
         if not self.accelerator.is_main_process:  # one writer; the weights are the same everywhere
             return path
         if self.network is not None:
-            metadata = lora_metadata(self, finished=not suffix)
+            metadata = lora_metadata(self, finished=not suffix and not self.stop_note)
             save_lora(self.network.kohya_state_dict(), path, metadata, config.save_precision)
         else:
             from lib_sdtrain.models.saving import save_sd_checkpoint
 
-            save_sd_checkpoint(self.model, path, dtype=SAVE_DTYPES[config.save_precision])
+            owner = {OWNER_KEY: config.output_name}
+            save_sd_checkpoint(self.model, path, dtype=SAVE_DTYPES[config.save_precision], metadata=owner)
         self.last_good_save = path
+        self.saves.append(path)
         self.progress.message(f"Saved {path}")
         return path
 
@@ -341,6 +346,7 @@ class Trainer:
                 state_dir = self.save_training_state("")
             self._sample(f"e{self.position.epoch:06d}")
         except Cancelled:
+            self.stop_note = f"cancelled at step {self.position.step} of {self.total_steps}"
             output = self.save_model()
             state_dir = self.save_training_state("")
             raise Cancelled(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 import uuid
@@ -12,9 +13,35 @@ from typing import TYPE_CHECKING
 from lib_sdtrain.train.network.kohya_file import lora_model_spec
 
 if TYPE_CHECKING:
+    from lib_sdtrain.models.sd_model import SDModel
     from lib_sdtrain.train.loop import Trainer
 
 SESSION_ID = str(uuid.uuid4().int >> 96)
+OWNER_KEY = "sdtrain_output_name"
+"""SD-Train's own header entry (the run's output_name): tells its outputs from other files of the same name."""
+
+
+def legacy_file_hash(path: str | Path) -> str:
+    """The old 8-digit model hash (the WebUI's sd_models.model_hash, kohya's model_hash): sha256 of the 64 KiB at
+    offset 1 MiB. Cheap, unlike the full sha256."""
+    with open(path, "rb") as f:
+        f.seek(0x100000)
+        return hashlib.sha256(f.read(0x10000)).hexdigest()[:8]
+
+
+def base_model_metadata(model: SDModel) -> dict[str, str]:
+    """ss_sd_model_name and, when known, kohya's hashes of the base model: the host's names for a model it
+    handed over (the WebUI's checkpoint), else the file's."""
+    source = Path(model.source) if model.source else None
+    meta = {"ss_sd_model_name": model.source_name or (source.name if source else "")}
+    model_hash = model.source_hash
+    if not model_hash and source is not None and source.is_file():
+        model_hash = legacy_file_hash(source)
+    if model_hash:
+        meta["ss_sd_model_hash"] = model_hash
+    if model.source_sha256:
+        meta["ss_new_sd_model_hash"] = model.source_sha256
+    return meta
 
 
 def _tag_frequency(trainer: Trainer) -> dict[str, dict[str, int]]:
@@ -88,11 +115,14 @@ def lora_metadata(trainer: Trainer, finished: bool) -> dict[str, str]:
         "ss_dataset_dirs": json.dumps(
             {Path(config.train_data_dir).name: {"n_repeats": config.dataset_repeats, "img_count": len(trainer.items)}}
         ),
-        "ss_sd_model_name": Path(model.source).name if model.source else "",
+        **base_model_metadata(model),
         "ss_steps": str(trainer.position.step),
         "ss_epoch": str(trainer.position.epoch),
     }
     if finished:
         meta["ss_training_finished_at"] = str(time.time())
+    if trainer.stop_note:  # a cancelled run's LoRA says so wherever its metadata is shown
+        meta["ss_training_comment"] = trainer.stop_note
+    meta[OWNER_KEY] = config.output_name
     title = config.output_name
     return {**meta, **lora_model_spec(model.version, model.v_prediction, title, resolution)}

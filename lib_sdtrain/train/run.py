@@ -3,14 +3,21 @@ beside its outputs (so it can be loaded back into the form), the loop, and what 
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from lib_sdtrain.errors import ModelLoadError
+from lib_sdtrain.errors import Cancelled, ModelLoadError
 from lib_sdtrain.host.types import LOADED_CHECKPOINT
 from lib_sdtrain.train.config import TrainConfig, config_values
+from lib_sdtrain.train.register import CANCELLED, DONE, FAILED, PREFERRED_WEIGHT, Registered, register_run, summarize
 from lib_sdtrain.utils.files import atomic_write_text
 from lib_sdtrain.utils.progress import Progress
+
+if TYPE_CHECKING:
+    from lib_sdtrain.train.loop import Trainer
+
+logger = logging.getLogger("sdtrain")
 
 RUN_CONFIG_SUFFIX = ".sdtrain.toml"
 
@@ -45,17 +52,29 @@ def list_states(output_dir: str | Path, output_name: str) -> list[Path]:
 
 
 def run_training(config: TrainConfig, progress: Progress) -> dict[str, Any]:
-    from lib_sdtrain import host
-    from lib_sdtrain.train.loop import train
+    """Train, then put what was saved where the host uses it (train/register.py), also after a cancel or an error
+    that left a save; the exception's message then says where it went."""
+    from lib_sdtrain import host as hosts
+    from lib_sdtrain.train.loop import Trainer
 
+    host = hosts.current()
     model = None
     if config.pretrained_model_name_or_path == LOADED_CHECKPOINT:
-        model = host.current().load_webui_model()
+        model = host.load_webui_model()
         if model is None:
             raise ModelLoadError("No checkpoint is loaded in the WebUI. Load one, or choose a model file.")
     config_path = save_run_config(config)
     progress.message(f"Run config saved as {config_path}")
-    result = train(config, model=model, progress=progress)
+    trainer = Trainer(config, model, progress)
+    try:
+        result = trainer.run()
+    except Exception as e:
+        status = CANCELLED if isinstance(e, Cancelled) else FAILED
+        registered = _register(host, trainer, status, progress, error=str(e))
+        if registered.model is not None:
+            e.args = (f"{e} Added to {registered.model.parent} as {registered.model.name}.",)
+        raise
+    registered = _register(host, trainer, DONE, progress)
     return {
         "output": str(result.output) if result.output else None,
         "steps": result.steps,
@@ -63,4 +82,28 @@ def run_training(config: TrainConfig, progress: Progress) -> dict[str, Any]:
         "state_dir": str(result.state_dir) if result.state_dir else None,
         "samples": [str(p) for p in result.samples],
         "config": str(config_path),
+        "registered": str(registered.model) if registered.model else None,
+        "registered_files": [str(p) for p in registered.files],
+        "prompt": f"<lora:{registered.model.stem}:{PREFERRED_WEIGHT}>" if registered.model and config.is_lora else None,
     }
+
+
+def _register(host: Any, trainer: Trainer, status: str, progress: Progress, error: str = "") -> Registered:
+    """Register the run's last save; a failure here is reported, never raised over the run's own outcome."""
+    saved = trainer.last_good_save
+    if saved is None or not Path(saved).is_file():
+        return Registered()
+    try:
+        registered = register_run(
+            host,
+            summarize(trainer, status, error),
+            Path(saved),
+            samples=list(trainer.samples),
+            intermediates=[p for p in trainer.saves if p != saved and Path(p).is_file()],
+        )
+    except Exception as e:  # the model is saved in the output folder either way
+        logger.exception("SD-Train: could not register %s", saved)
+        progress.message(f"Could not add {Path(saved).name} to the host's folder: {e}")
+        return Registered()
+    progress.message(f"Added {registered.model} ({len(registered.files)} files)")
+    return registered

@@ -14,6 +14,9 @@ from typing import Any
 
 import pytest
 import torch
+from safetensors.torch import save_file
+
+from tests.train.conftest import sks_dataset  # noqa: F401 (a fixture for the training glue tests)
 
 ROOT = Path(__file__).resolve().parents[2]
 STUB = ROOT / "tests" / "webui_stub"
@@ -158,3 +161,32 @@ def merge_fake_lora(model: torch.nn.Module, layer: str, scale: float = 0.5) -> S
         module.bias += scale
     module.network_current_names = (("my-lora", 1.0, 1.0, 1.0),)
     return original
+
+
+# --- the WebUI with the tiny model loaded -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_sd_dir):
+    from lib_sdtrain.models.loading import load_sd_model
+
+    return load_sd_model(tiny_sd_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_ldm(tiny_model) -> dict[str, torch.Tensor]:
+    from lib_sdtrain.models.saving import sd_model_to_ldm
+
+    return {k: v.contiguous() for k, v in sd_model_to_ldm(tiny_model).items()}
+
+
+@pytest.fixture
+def loaded(webui, tiny_ldm, tiny_model) -> FakeWebUIModel:
+    """The stand-in WebUI with the tiny model loaded from models/Stable-diffusion/tiny.safetensors."""
+    folder = Path(webui.sd_models.model_path)
+    folder.mkdir(parents=True)
+    checkpoint = folder / "tiny.safetensors"
+    save_file(tiny_ldm, str(checkpoint))
+    model = make_webui_model(webui, tiny_ldm, tiny_model.tokenizer, checkpoint)
+    webui.sd_models.model_data.set_sd_model(model)
+    return model

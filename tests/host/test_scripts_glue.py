@@ -40,14 +40,17 @@ def test_settings_appear_in_their_own_section(webui):
     assert webui.script_callbacks.errors_reported == []
     labels = webui.shared.opts.data_labels
     ours = {k: v for k, v in labels.items() if k.startswith("sdtrain_")}
-    assert set(ours) == {"sdtrain_unload_model", "sdtrain_live_preview", "sdtrain_refresh_after_training"}
+    assert set(ours) == {
+        "sdtrain_unload_model", "sdtrain_live_preview", "sdtrain_refresh_after_training", "sdtrain_lora_subfolder",
+        "sdtrain_copy_intermediate",
+    }  # fmt: skip
     assert all(v.section == ("sdtrain", "SD-Train") and v.category_id == "training" for v in ours.values())
     assert webui.shared.opts.sdtrain_unload_model is True
     webui.shared.opts.sdtrain_unload_model = False  # what saving the Settings page does
     assert adapter.option("sdtrain_unload_model") is False
 
 
-def test_the_tab_is_a_blocks_with_the_stages(webui):
+def test_the_tab_is_sdtrains_ui_with_the_loaded_checkpoint_as_base_model(webui):
     import gradio as gr
 
     load_script(webui)
@@ -56,8 +59,14 @@ def test_the_tab_is_a_blocks_with_the_stages(webui):
     assert len(tabs) == 1
     blocks, title, elem_id = tabs[0]
     assert isinstance(blocks, gr.Blocks) and (title, elem_id) == ("SD-Train", "sdtrain")
-    markdown = [b for b in blocks.blocks.values() if isinstance(b, gr.Markdown)]
-    assert "Caption" in markdown[0].value and "Train" in markdown[0].value
+    by_id = {getattr(b, "elem_id", None): b for b in blocks.blocks.values()}
+    tab_titles = [b.label for b in blocks.blocks.values() if isinstance(b, gr.Tab)]
+    assert tab_titles == ["1. Dataset", "2. Prepare", "3. Train"]  # generating is the WebUI's own job
+    base_model = by_id["sdtrain_opt_pretrained_model_name_or_path"]
+    assert base_model.choices[0] in ("loaded checkpoint", ("loaded checkpoint", "loaded checkpoint"))
+    assert base_model.value == "loaded checkpoint"
+    assert "sdtrain_finished" in by_id and "sdtrain_status" in by_id  # what javascript/sdtrain.js watches
+    assert "sdtrain_make_demo" not in by_id
 
 
 @pytest.mark.parametrize("api", [False, True])
@@ -138,6 +147,47 @@ console.log(JSON.stringify({ clicks, out }));
         "img2img_lora_extra_refresh_internal:click",
         "txt2img_lora_extra_refresh_internal:click",
     ]
+
+
+def test_a_finished_training_refreshes_the_lora_cards_once(tmp_path):
+    """javascript/sdtrain.js's watcher in node: the WebUI calls it after UI updates; it clicks the hidden Lora
+    refresh buttons once per finished train job, not for other jobs, not again for the same job."""
+    page = """
+const clicks = [];
+const box = { value: "" };
+const elements = {
+    txt2img_lora_extra_refresh_internal: { dispatchEvent: () => clicks.push("txt2img") },
+    img2img_lora_extra_refresh_internal: { dispatchEvent: () => clicks.push("img2img") },
+};
+globalThis.gradioApp = () => ({
+    getElementById: (id) => elements[id] || null,
+    querySelector: (selector) => (selector.startsWith("#sdtrain_finished") ? box : null),
+});
+globalThis.Event = class { constructor(type) { this.type = type; } };
+const callbacks = [];
+globalThis.onAfterUiUpdate = (cb) => callbacks.push(cb);
+(0, eval)(require("fs").readFileSync(process.argv[2], "utf8"));
+const counts = [];
+for (const value of ["", "", "report-1-17", "train-2-17", "train-2-17", "caption-3-17", "train-4-17"]) {
+    box.value = value;
+    callbacks.forEach((cb) => cb());
+    counts.push(clicks.length);
+}
+console.log(JSON.stringify({ registered: callbacks.length, counts }));
+"""
+    runner = tmp_path / "watch.js"
+    runner.write_text(page)
+    try:
+        result = subprocess.run(
+            ["node", str(runner), str(ROOT / "javascript" / "sdtrain.js")], capture_output=True, text=True, timeout=30
+        )
+    except FileNotFoundError:
+        pytest.skip("node is not installed")
+    assert result.returncode == 0, result.stderr
+    import json
+
+    data = json.loads(result.stdout)
+    assert data == {"registered": 1, "counts": [0, 0, 0, 2, 2, 2, 4]}
 
 
 def test_css_rules_are_scoped_to_sdtrain_classes():

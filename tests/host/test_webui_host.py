@@ -24,28 +24,6 @@ TEXT_LAYER = "cond_stage_model.wrapped.transformer.text_model.encoder.layers.0.s
 TEXT_LAYER_LDM = "cond_stage_model.transformer.text_model.encoder.layers.0.self_attn.q_proj"
 
 
-@pytest.fixture(scope="session")
-def tiny_model(tiny_sd_dir):
-    return load_sd_model(tiny_sd_dir)
-
-
-@pytest.fixture(scope="session")
-def tiny_ldm(tiny_model) -> dict[str, torch.Tensor]:
-    return {k: v.contiguous() for k, v in sd_model_to_ldm(tiny_model).items()}
-
-
-@pytest.fixture
-def loaded(webui, tiny_ldm, tiny_model):
-    """The stand-in WebUI with the tiny model loaded from models/Stable-diffusion/tiny.safetensors."""
-    folder = Path(webui.sd_models.model_path)
-    folder.mkdir(parents=True)
-    checkpoint = folder / "tiny.safetensors"
-    save_file(tiny_ldm, str(checkpoint))
-    model = make_webui_model(webui, tiny_ldm, tiny_model.tokenizer, checkpoint)
-    webui.sd_models.model_data.set_sd_model(model)
-    return model
-
-
 def test_outside_the_webui_the_standalone_host_is_used():
     assert adapter.is_webui() is False
     assert host.current() is standalone
@@ -343,6 +321,7 @@ def test_standalone_and_webui_hosts_have_the_same_functions():
 
 
 def test_standalone_host_works_without_a_webui(tmp_path):
+    previous = standalone.configure()
     standalone.configure(home=tmp_path, restrict_file_access=True)
     try:
         assert standalone.lora_dir() == tmp_path / "models" / "Lora"
@@ -354,7 +333,7 @@ def test_standalone_host_works_without_a_webui(tmp_path):
             standalone.check_path_allowed(tmp_path.parent / "elsewhere")
         assert standalone.check_path_allowed(tmp_path / "sd-train" / "datasets" / "x").name == "x"
     finally:
-        standalone.configure(home=Path.cwd() / "sd-train", restrict_file_access=False)
+        standalone.configure(home=previous.home, restrict_file_access=previous.restrict_file_access)
 
 
 def test_a_slow_generation_does_not_block_forever_when_not_waiting(webui):
