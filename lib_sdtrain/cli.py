@@ -19,6 +19,7 @@ from lib_sdtrain.errors import Cancelled, SDTrainError
 # "module:function" pairs, in the order the pipeline runs.
 COMMANDS: list[str] = [
     "lib_sdtrain.ui.cli:register_cli",
+    "lib_sdtrain.demo.cli:register_cli",
     "lib_sdtrain.models.cli:register_cli",
     "lib_sdtrain.dataset.cli:register_cli",
     "lib_sdtrain.prepare.cli:register_cli",

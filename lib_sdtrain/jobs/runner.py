@@ -130,7 +130,7 @@ class Job:
                 "info": dict(self.info),
                 "losses": _downsample(self.losses, MAX_CHART_POINTS),
                 "samples": list(self.samples),
-                "log": list(self.log)[-log_lines:],
+                "log": list(self.log)[-log_lines:] if log_lines > 0 else [],
                 "result": self.result,
                 "error": self.error,
                 "options": dict(self.options),
@@ -199,6 +199,7 @@ class JobRunner:
                 else contextlib.nullcontext()
             )
             job.message(f"{job.title}: waiting for the GPU" if stage.uses_gpu else f"{job.title}: starting")
+            progress.check_cancelled()  # cancelled before it began: leave the WebUI's model where it is
             with session:
                 progress.check_cancelled()
                 result = work(progress)

@@ -78,5 +78,10 @@ def is_lora_file(path: Path) -> bool:
 
 def lora_files(roots: Iterable[Path]) -> list[Path]:
     """LoRA files under `roots`, newest first (what a user just trained comes first)."""
-    found = {p.resolve(): p for root in roots for p in _walk(Path(root)) if p.is_file() and is_lora_file(p)}
+    found = {
+        p.resolve(): p
+        for root in roots
+        for p in _walk(Path(root))
+        if p.is_file() and not p.parent.name.endswith("-state") and is_lora_file(p)  # a state is not a LoRA to use
+    }
     return sorted(found.values(), key=lambda p: p.stat().st_mtime, reverse=True)

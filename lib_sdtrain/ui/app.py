@@ -16,6 +16,10 @@ from lib_sdtrain.ui import dataset_tab, monitor, prepare_tab, train_tab
 from lib_sdtrain.ui.common import error_for, message_html, subfolders
 
 ELEM_ID = "sdtrain"
+# The demo set's images are 96-128 px: these buckets (as the demo-tiny preset) upscale nothing.
+DEMO_BUCKETS = ("96,96", 64, 128, 16)
+DEMO_PRESET = "demo-tiny"
+DEMO_PROMPTS = "sks, creature --w 96 --h 96 --s 8 --d 1\ncreature, meadow --w 96 --h 96 --s 8 --d 2"
 
 
 def build_ui(host, css: str | None = None) -> gr.Blocks:
@@ -33,17 +37,41 @@ def build_ui(host, css: str | None = None) -> gr.Blocks:
                 prepare = prepare_tab.build(host, dataset.folder, model_choices)
             with gr.Tab("3. Train", elem_id="sdtrain_tab_train"):
                 train = train_tab.build(host, dataset.folder, dataset.lora_name, dataset.trigger_word, model_choices)
+            generate_models: list = []
             if not host.is_webui():
                 with gr.Tab("4. Generate", elem_id="sdtrain_tab_generate"):
                     from lib_sdtrain.ui import generate_tab
 
-                    generate_tab.build(host, model_choices)
+                    generate_models = list(generate_tab.build(host, model_choices))
         gr.Markdown(f"SD-Train {__version__}", elem_classes=["sdtrain-footer"])
 
         finished = gr.Textbox(visible=False, elem_id="sdtrain_finished")
         seen = gr.State({})
         blocks.load(monitor.poll, [seen], [header, *train.monitor, finished, seen], every=monitor.POLL_SECONDS)
         cancel.click(train_tab._cancel_message, None, [header_message])
+
+        # The page is built once per server; what is on disk changes. Each page load lists it afresh.
+        model_fields = [prepare.model, train.form.components["pretrained_model_name_or_path"]]
+        model_fields += generate_models[:1]
+        choice_fields = [dataset.folder, *dataset.models, *model_fields, *generate_models[1:]]
+        notice_fields = [demo_controls[1]] if demo_controls is not None else []
+
+        def on_load(*current):
+            models = host.base_model_choices()
+            lists = [subfolders(host.dataset_dir()), dataset_tab.blip_choices(host), dataset_tab.tagger_choices(host)]
+            lists += [models] * len(model_fields)
+            if generate_models:
+                from lib_sdtrain.ui import generate_tab
+
+                lists.append(generate_tab.lora_choices(host))
+            updates = [
+                gr.update(choices=choices, value=value if value or not choices else choices[0])
+                for choices, value in zip(lists, current, strict=True)
+            ]
+            updates[0] = gr.update(choices=lists[0])  # the dataset stays unchosen until the user picks one
+            return updates + [_notice_text(host, models) for _ in notice_fields]
+
+        blocks.load(on_load, choice_fields, choice_fields + notice_fields)
 
         def after_job(job_id):
             """A job just finished: show what it changed."""
@@ -65,14 +93,13 @@ def build_ui(host, css: str | None = None) -> gr.Blocks:
             button.click(
                 lambda: _make_demo(host), None,
                 [notice, dataset.folder, prepare.model, train.form.components["pretrained_model_name_or_path"],
-                 *dataset.models],
+                 *dataset.models, *prepare.bucket_fields, train.preset, train.prompts],
             ).then(dataset.refresh, dataset.filter_inputs, dataset.gallery_outputs)  # fmt: skip
     return blocks
 
 
-def _demo_notice(host, model_choices: list[str]):
-    """The standalone app with no model: say where one goes, and offer the demo set."""
-    text = (
+def _notice_text(host, model_choices: list[str]) -> str:
+    return (
         f"**No Stable Diffusion model found.** Put an SD 1.x/2.x checkpoint (`.safetensors`) into "
         f"`{host.checkpoints_dir()}`, or a diffusers folder into `{host.models_dir()}`, then reload this page. "
         "Or make the demo: tiny random-weight models (their images are not pictures) and a small drawn dataset, "
@@ -80,6 +107,11 @@ def _demo_notice(host, model_choices: list[str]):
         if not model_choices
         else "Want to try the workflow first? The demo makes tiny random-weight models and a small drawn dataset."
     )
+
+
+def _demo_notice(host, model_choices: list[str]):
+    """The standalone app with no model: say where one goes, and offer the demo set."""
+    text = _notice_text(host, model_choices)
     with gr.Accordion("Getting started", open=not model_choices, elem_id="sdtrain_getting_started"):
         notice = gr.Markdown(text, elem_id="sdtrain_demo_notice")
         button = gr.Button("Make the demo models and dataset", elem_id="sdtrain_make_demo")
@@ -92,12 +124,13 @@ def _make_demo(host):
     try:
         paths = make_demo(host.models_dir(), host.dataset_dir())
     except Exception as e:
-        return [error_for(e), *([gr.update()] * 5)]
+        return [error_for(e), *([gr.update()] * 11)]
     models = host.base_model_choices()
     sd = str(paths.sd_model)
     text = (
         f"Demo ready: model `{sd}`, BLIP `{paths.blip}`, tagger `{paths.tagger}`, images in `{paths.dataset}`. "
-        "The demo dataset is selected: caption and tag it below, then Prepare and Train."
+        "The demo dataset is selected: caption and tag it below, then Prepare, and in Train apply the preset "
+        f"'{DEMO_PRESET}' and start."
     )
     return [
         message_html(text, "ok"),
@@ -106,4 +139,7 @@ def _make_demo(host):
         gr.update(choices=models, value=sd),
         gr.update(choices=dataset_tab.blip_choices(host), value=str(paths.blip)),
         gr.update(choices=dataset_tab.tagger_choices(host), value=str(paths.tagger)),
+        *DEMO_BUCKETS,
+        gr.update(value=DEMO_PRESET),
+        DEMO_PROMPTS,
     ]

@@ -314,7 +314,9 @@ def build(host) -> DatasetControls:
         preview_bulk, bulk_inputs, [bulk_message]
     )
     bulk_preview.click(preview_bulk, bulk_inputs, [bulk_message])
-    bulk_apply.click(apply_bulk, bulk_inputs, [bulk_message]).then(refresh, filter_inputs, gallery_outputs)
+    bulk_apply.click(apply_bulk, bulk_inputs, [bulk_message]).then(refresh, filter_inputs, gallery_outputs).then(
+        lambda c: _editor_values(Path(c)) if c else [gr.update()] * 4, [current], editor
+    )
 
     caption_button.click(
         lambda *a: start_caption(host, *a),

@@ -5,48 +5,62 @@ from __future__ import annotations
 
 import gradio as gr
 
+from lib_sdtrain.generate.pipeline import SAMPLERS
 from lib_sdtrain.models import discovery
 from lib_sdtrain.ui.common import error_for, message_html
 
 NO_LORA = "(none)"
+_generator = None
+
+
+def generator():
+    """One Generator for the app: it keeps the last model loaded between clicks."""
+    global _generator
+    if _generator is None:
+        from lib_sdtrain.generate import Generator
+
+        _generator = Generator()
+    return _generator
 
 
 def lora_choices(host) -> list[str]:
     return [NO_LORA, *(str(p) for p in discovery.lora_files([host.output_dir(), host.lora_dir()]))]
 
 
-def generate(host, model, lora, weight, prompt, negative, steps, cfg, width, height, seed, init_image, strength,
-             compare):  # fmt: skip
+def generate(host, model, lora, weight, prompt, negative, sampler, steps, cfg, width, height, seed, init_image,
+             strength, compare):  # fmt: skip
     """Images for the gallery: with the LoRA, and (compare) the same seed without it."""
-    from lib_sdtrain.generate import GenerationRequest, generator
+    from lib_sdtrain.generate import GenerationRequest
 
     if not model:
         return [], message_html("Choose a base model.", "error")
     try:
         lora_path = None if not lora or lora == NO_LORA else str(host.check_path_allowed(lora, "LoRA"))
         request = GenerationRequest(
-            prompt=prompt or "", negative_prompt=negative or "", steps=int(steps), cfg_scale=float(cfg),
+            model=str(model), prompt=prompt or "", negative_prompt=negative or "", sampler=sampler,
+            steps=int(steps), cfg_scale=float(cfg),
             width=int(width), height=int(height), seed=int(seed), lora_path=lora_path, lora_weight=float(weight),
         )  # fmt: skip
         with host.gpu_lock(wait=False):
-            images = _render(generator(), str(model), request, init_image, strength)
+            images = _render(request, init_image, strength)
             captions = [f"with LoRA {weight}" if lora_path else "without LoRA"]
             if compare and lora_path:
                 request.lora_path = None
-                images += _render(generator(), str(model), request, init_image, strength)
+                images += _render(request, init_image, strength)
                 captions.append("without LoRA (same seed)")
     except Exception as e:
         return [], error_for(e)
     return list(zip(images, captions, strict=True)), message_html(f"Seed {int(seed)}.", "ok")
 
 
-def _render(gen, model: str, request, init_image, strength):
+def _render(request, init_image, strength):
     if init_image is not None:
-        return gen.img2img(model, request, init_image, float(strength))
-    return gen.txt2img(model, request)
+        return generator().img2img(request, init_image, float(strength))
+    return generator().txt2img(request)
 
 
-def build(host, model_choices: list[str]) -> None:
+def build(host, model_choices: list[str]) -> tuple[gr.Dropdown, gr.Dropdown]:
+    """Returns the model and LoRA dropdowns (refreshed when a page loads)."""
     with gr.Row():
         model = gr.Dropdown(
             label="Base model", choices=model_choices, value=model_choices[0] if model_choices else None,
@@ -61,6 +75,7 @@ def build(host, model_choices: list[str]) -> None:
             prompt = gr.Textbox(label="Prompt", lines=2, elem_id="sdtrain_gen_prompt")
             negative = gr.Textbox(label="Negative prompt", lines=1)
             with gr.Row():
+                sampler = gr.Dropdown(label="Sampler", choices=list(SAMPLERS), value="euler")
                 steps = gr.Slider(label="Steps", minimum=1, maximum=100, value=20, step=1)
                 cfg = gr.Slider(label="CFG scale", minimum=1, maximum=20, value=7, step=0.5)
                 seed = gr.Number(label="Seed", value=1, precision=0)
@@ -78,6 +93,8 @@ def build(host, model_choices: list[str]) -> None:
     refresh.click(lambda: gr.update(choices=lora_choices(host)), None, [lora])
     button.click(
         lambda *a: generate(host, *a),
-        [model, lora, weight, prompt, negative, steps, cfg, width, height, seed, init_image, strength, compare],
+        [model, lora, weight, prompt, negative, sampler, steps, cfg, width, height, seed, init_image, strength,
+         compare],
         [gallery, message],
     )
+    return model, lora

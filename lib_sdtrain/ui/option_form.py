@@ -16,17 +16,20 @@ def _shown(value: Any) -> Any:
 
 
 def make_component(option: Option, **kwargs: Any) -> gr.components.Component:
+    value = kwargs.pop("value", option.default)
     common = {"label": option.name, "info": option.help, "elem_id": f"sdtrain_opt_{option.name}", **kwargs}
     if option.type is bool:
-        return gr.Checkbox(value=bool(option.default), **common)
+        return gr.Checkbox(value=bool(value), **common)
     if option.choices:
         choices = ([""] if option.optional else []) + [str(c) for c in option.choices]
-        return gr.Dropdown(choices=choices, value=_shown(option.default), **common)
-    if option.type in (int, float):
-        return gr.Number(value=option.default, precision=0 if option.type is int else None, **common)
+        return gr.Dropdown(choices=choices, value=_shown(value), **common)
+    if option.type in (int, float) and not option.optional:
+        return gr.Number(value=value, precision=0 if option.type is int else None, **common)
+    if option.type in (int, float):  # a number box cannot be empty: here empty means "not set", unlike 0
+        return gr.Textbox(value=_shown(value), placeholder="empty: not set", **common)
     if option.type is list:
-        return gr.Textbox(value="\n".join(map(str, option.default or [])), lines=2, **common)
-    return gr.Textbox(value=option.default or "", **common)
+        return gr.Textbox(value="\n".join(map(str, value or [])), lines=2, **common)
+    return gr.Textbox(value=value or "", **common)
 
 
 def form_value(option: Option, value: Any) -> Any:
@@ -50,7 +53,7 @@ def field_update(option: Option, value: Any) -> dict:
         return gr.update(value="\n".join(map(str, value or [])))
     if option.type is bool:
         return gr.update(value=bool(value))
-    if option.choices or option.type is str:
+    if option.choices or option.type is str or option.optional:
         return gr.update(value=_shown(value))
     return gr.update(value=value)
 

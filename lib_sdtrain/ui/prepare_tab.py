@@ -17,6 +17,7 @@ from lib_sdtrain.ui.dataset_tab import folder_path
 class PrepareControls:
     model: gr.Dropdown
     outputs: list
+    bucket_fields: list  # resolution, smallest and largest side, step
 
 
 def start_prepare(host, folder, model, resolution, batch_size, precision, flip_aug, clean, skip_existing,
@@ -92,4 +93,4 @@ def build(host, folder: gr.Dropdown, model_choices: list[str]) -> PrepareControl
          steps, no_upscale],
         [message],
     )  # fmt: skip
-    return PrepareControls(model, [histogram, table, summary])
+    return PrepareControls(model, [histogram, table, summary], [resolution, min_reso, max_reso, steps])

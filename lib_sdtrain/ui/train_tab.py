@@ -29,6 +29,8 @@ LEADING = ("pretrained_model_name_or_path", "train_data_dir", "output_name", "tr
 class TrainControls:
     form: OptionForm
     monitor: list  # progress, loss chart, samples, log, result
+    preset: gr.Dropdown
+    prompts: gr.Textbox
 
 
 def user_preset_dir(host) -> Path:
@@ -103,7 +105,9 @@ def result_markdown(snapshot: dict[str, Any] | None) -> str:
         if result.get(key):
             lines.append(f"- {label}: `{result[key]}`")
     if result.get("registered"):
-        lines.append(f"- In the WebUI as: `{result['registered']}`")
+        lines.append(f"- Added to the Lora/checkpoint folder: `{result['registered']}`")
+    if result.get("prompt"):
+        lines.append(f"- Use it in a prompt: `{result['prompt']}`")
     return "\n".join(lines)
 
 
@@ -132,10 +136,11 @@ def build(host, dataset_folder, lora_name, trigger_word, model_choices: list[str
         with gr.Row():
             for name in LEADING[1:]:
                 form.build(by_name[name])
+        initial = {"output_dir": str(host.output_dir())}  # not the schema's "output", relative to the server
         for start in range(0, len(common), 4):
             with gr.Row():
                 for option in common[start : start + 4]:
-                    form.build(option)
+                    form.build(option, **({"value": initial[option.name]} if option.name in initial else {}))
         prompts = gr.Textbox(
             label="Sample prompts (one per line, kohya's syntax: a prompt --n negative --w 512 --h 512 --d seed)",
             lines=2, elem_id="sdtrain_sample_prompts",
@@ -290,7 +295,7 @@ def build(host, dataset_folder, lora_name, trigger_word, model_choices: list[str
     lora_name.change(lambda n: n or "", [lora_name], [form.components["output_name"]])
     trigger_word.change(lambda t: t or "", [trigger_word], [form.components["trigger_word"]])
 
-    return TrainControls(form, [progress, loss_plot, samples, log, result])
+    return TrainControls(form, [progress, loss_plot, samples, log, result], preset, prompts)
 
 
 def _cancel_message() -> str:
