@@ -27,7 +27,9 @@ def build_ui(host, css: str | None = None) -> gr.Blocks:
     with gr.Blocks(analytics_enabled=False, elem_id=ELEM_ID, title="SD-Train", css=css) as blocks:
         with gr.Row(elem_classes=["sdtrain-header"]):
             header = gr.HTML(elem_id="sdtrain_status", scale=5)
-            cancel = gr.Button("Cancel job", variant="stop", scale=0, min_width=120, elem_id="sdtrain_cancel_job")
+            cancel = gr.Button(
+                "Cancel job", variant="stop", size="sm", scale=0, min_width=120, elem_id="sdtrain_cancel_job"
+            )
         header_message = gr.HTML(elem_id="sdtrain_header_message")
         demo_controls = _demo_notice(host, model_choices) if not host.is_webui() else None
         with gr.Tabs(elem_id="sdtrain_tabs"):

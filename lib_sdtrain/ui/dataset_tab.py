@@ -203,7 +203,7 @@ def build(host) -> DatasetControls:
             label="Dataset folder", choices=subfolders(host.dataset_dir()), allow_custom_value=True, scale=4,
             info=f"a folder under {host.dataset_dir()}, or type a path", elem_id="sdtrain_dataset_folder",
         )  # fmt: skip
-        refresh_folders = gr.Button("🔄", elem_classes=["sdtrain-tool"], scale=0, min_width=40)
+        refresh_folders = gr.Button("↻", elem_classes=["sdtrain-tool"], scale=0, min_width=40)
         load = gr.Button("Load", variant="primary", scale=1, elem_id="sdtrain_dataset_load")
     with gr.Accordion("Upload images or a zip into a new folder", open=False, elem_id="sdtrain_upload"), gr.Row():
         files = gr.File(label="Images, caption files or zip", file_count="multiple", scale=3)

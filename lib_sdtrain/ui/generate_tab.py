@@ -68,7 +68,7 @@ def build(host, model_choices: list[str]) -> tuple[gr.Dropdown, gr.Dropdown]:
         )  # fmt: skip
         lora = gr.Dropdown(label="LoRA", choices=lora_choices(host), value=NO_LORA, allow_custom_value=True, scale=3,
                            elem_id="sdtrain_gen_lora")  # fmt: skip
-        refresh = gr.Button("🔄", scale=0, min_width=40, elem_id="sdtrain_gen_refresh")
+        refresh = gr.Button("↻", scale=0, min_width=40, elem_id="sdtrain_gen_refresh")
         weight = gr.Slider(label="LoRA weight", minimum=-1, maximum=2, value=0.8, step=0.05, scale=2)
     with gr.Row():
         with gr.Column(scale=3):

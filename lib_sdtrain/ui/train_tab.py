@@ -171,7 +171,7 @@ def build(host, dataset_folder, lora_name, trigger_word, model_choices: list[str
             save_preset = gr.Button("Save preset")
         with gr.Row():
             previous = gr.Dropdown(label="Load a previous run's config", choices=[], allow_custom_value=True, scale=3)
-            refresh_previous = gr.Button("🔄", scale=0, min_width=40)
+            refresh_previous = gr.Button("↻", scale=0, min_width=40)
             load_previous = gr.Button("Load", scale=1)
         config_message = gr.HTML()
 
@@ -180,7 +180,7 @@ def build(host, dataset_folder, lora_name, trigger_word, model_choices: list[str
         cancel = gr.Button("Cancel", variant="stop", elem_id="sdtrain_cancel")
         state = gr.Dropdown(label="Saved states of this output", choices=[], allow_custom_value=True,
                             elem_id="sdtrain_states")  # fmt: skip
-        refresh_states = gr.Button("🔄", scale=0, min_width=40, elem_id="sdtrain_refresh_states")
+        refresh_states = gr.Button("↻", scale=0, min_width=40, elem_id="sdtrain_refresh_states")
         resume = gr.Button("Resume", elem_id="sdtrain_resume")
     message = gr.HTML(elem_id="sdtrain_train_message")
 
