@@ -80,23 +80,28 @@ def show_page(host, folder: str, query: str, untagged: bool, page: float | None)
     return [(str(e.path), _label(e)) for e in shown], state, counts, number, ""
 
 
+# The selected image is kept in a gr.State (on the server), never taken back from the page: a client could send
+# any path in a text field, and Save writes files beside it.
+
+
 def select_image(state: dict, evt: gr.SelectData):
     paths = (state or {}).get("paths", [])
     if not paths or evt.index >= len(paths):
-        return None, "", "", ""
+        return None, "", "", "", ""
     return _editor_values(Path(paths[evt.index]))
 
 
 def _editor_values(path: Path):
+    """(preview, file, caption, tags, selected state) of one image."""
     entry = editing.load_entries_for([path], CAPTION_EXT, TAG_EXT)[0]
-    return str(path), str(path), entry.caption, editing.join_tags(entry.tags)
+    return str(path), str(path), entry.caption, editing.join_tags(entry.tags), str(path)
 
 
 def step_image(state: dict, current: str, step: int):
     """The previous/next image of the filtered list."""
     filtered = (state or {}).get("filtered", [])
     if not filtered:
-        return None, "", "", ""
+        return None, "", "", "", ""
     index = filtered.index(current) + step if current in filtered else 0
     return _editor_values(Path(filtered[index % len(filtered)]))
 
@@ -267,6 +272,7 @@ def build(host) -> DatasetControls:
                 next_image = gr.Button("▶")
             edit_message = gr.HTML(elem_id="sdtrain_edit_message")
     state = gr.State({"paths": [], "filtered": []})
+    selected = gr.State("")
 
     with gr.Accordion("Bulk edit tags (applies to the filtered images)", open=False, elem_id="sdtrain_bulk"):
         with gr.Row():
@@ -302,11 +308,11 @@ def build(host) -> DatasetControls:
     upload_button.click(lambda f, n: upload(host, f, n), [files, new_name], [folder, message]).then(
         refresh, filter_inputs, gallery_outputs
     )
-    editor = [preview, current, caption_box, tags_box]
+    editor = [preview, current, caption_box, tags_box, selected]
     gallery.select(select_image, [state], editor)
-    prev_image.click(lambda s, c: step_image(s, c, -1), [state, current], editor)
-    next_image.click(lambda s, c: step_image(s, c, 1), [state, current], editor)
-    save.click(save_image_texts, [current, caption_box, tags_box], [edit_message]).then(
+    prev_image.click(lambda s, c: step_image(s, c, -1), [state, selected], editor)
+    next_image.click(lambda s, c: step_image(s, c, 1), [state, selected], editor)
+    save.click(save_image_texts, [selected, caption_box, tags_box], [edit_message]).then(
         refresh, filter_inputs, gallery_outputs
     )
     bulk_inputs = [state, operation, bulk_tag, replacement]
@@ -315,7 +321,7 @@ def build(host) -> DatasetControls:
     )
     bulk_preview.click(preview_bulk, bulk_inputs, [bulk_message])
     bulk_apply.click(apply_bulk, bulk_inputs, [bulk_message]).then(refresh, filter_inputs, gallery_outputs).then(
-        lambda c: _editor_values(Path(c)) if c else [gr.update()] * 4, [current], editor
+        lambda c: _editor_values(Path(c)) if c else [gr.update()] * 5, [selected], editor
     )
 
     caption_button.click(

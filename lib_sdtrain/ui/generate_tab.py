@@ -35,6 +35,9 @@ def generate(host, model, lora, weight, prompt, negative, sampler, steps, cfg, w
     if not model:
         return [], message_html("Choose a base model.", "error")
     try:
+        from lib_sdtrain.jobs.stages import check_paths
+
+        check_paths({"pretrained_model_name_or_path": model})  # --listen: only SD-Train's folders
         lora_path = None if not lora or lora == NO_LORA else str(host.check_path_allowed(lora, "LoRA"))
         request = GenerationRequest(
             model=str(model), prompt=prompt or "", negative_prompt=negative or "", sampler=sampler,

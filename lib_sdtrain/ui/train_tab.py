@@ -223,7 +223,11 @@ def build(host, dataset_folder, lora_name, trigger_word, model_choices: list[str
 
     def states_for(*args):
         values = form.values(list(args))
-        found = list_states(values.get("output_dir") or host.output_dir(), values.get("output_name") or "")
+        try:
+            folder = host.check_path_allowed(values.get("output_dir") or host.output_dir(), "output folder")
+        except Exception:
+            return gr.update(choices=[], value=None)
+        found = list_states(folder, values.get("output_name") or "")
         choices = [str(p) for p in found]
         return gr.update(choices=choices, value=choices[0] if choices else None)
 

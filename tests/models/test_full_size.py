@@ -1,9 +1,10 @@
 """The full SD1.5 architecture (random weights) goes through the same loading and saving path as the tiny models.
 
-About 30 s and 10 GB of memory on the 2-core CI machine; worth it, since real users load exactly this."""
+About 30 s and 10 GB of memory on the 2-core CI machine, so it runs with `-m slow`, not in the default suite."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from bench.sd15_architecture import SD15_UNET, random_sd15_model
@@ -12,6 +13,7 @@ from lib_sdtrain.models.saving import save_sd_checkpoint
 from tests.tiny_models import write_tiny_tokenizer
 
 
+@pytest.mark.slow
 def test_full_sd15_architecture_round_trip(tmp_path):
     tokenizer = write_tiny_tokenizer(tmp_path / "tokenizer")
     model = random_sd15_model(tokenizer)

@@ -51,6 +51,7 @@ def choose(page, elem_id: str, text: str) -> None:
     option = page.locator(f"#{elem_id} ul.options li", has_text=text).first
     for _ in range(10):  # the choices may still be on their way from the server
         field(page, elem_id).click()
+        field(page, elem_id).fill(text)  # Gradio 3.41 filters the options by the text in the box
         try:
             option.click(timeout=3000)
             return
