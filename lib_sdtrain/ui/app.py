@@ -25,7 +25,7 @@ DEMO_PROMPTS = "sks, creature --w 96 --h 96 --s 8 --d 1\ncreature, meadow --w 96
 def build_ui(host, css: str | None = None) -> gr.Blocks:
     model_choices = host.base_model_choices()
     with gr.Blocks(analytics_enabled=False, elem_id=ELEM_ID, title="SD-Train", css=css) as blocks:
-        with gr.Row(elem_classes=["sdtrain-header"]):
+        with gr.Row(elem_classes=["sdtrain-header"], equal_height=False):
             header = gr.HTML(elem_id="sdtrain_status", scale=5)
             cancel = gr.Button(
                 "Cancel job", variant="stop", size="sm", scale=0, min_width=120, elem_id="sdtrain_cancel_job"
