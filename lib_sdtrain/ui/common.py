@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,18 @@ def error_for(e: Exception) -> str:
     field = getattr(e, "field", "")
     text = str(e) if isinstance(e, SDTrainError | ValueError) else f"{type(e).__name__}: {e}"
     return message_html(f"{field}: {text}" if field and not text.startswith(field) else text, "error")
+
+
+def start_job(kind: str, options: Callable[[], dict[str, Any]], note: str = "") -> str:
+    """Start a stage through the runner with the options `options()` builds (it may raise on a bad field);
+    a message for the form either way."""
+    from lib_sdtrain.jobs import runner
+
+    try:
+        job = runner().start(kind, options())
+    except Exception as e:
+        return error_for(e)
+    return message_html(f"Started {job.title}." + (f" {note}" if note else ""), "ok")
 
 
 def duration(seconds: float | None) -> str:

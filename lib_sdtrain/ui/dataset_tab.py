@@ -12,9 +12,8 @@ import gradio as gr
 from lib_sdtrain.dataset import editing
 from lib_sdtrain.dataset.captioning import DEFAULT_BLIP
 from lib_sdtrain.dataset.tagging import DEFAULT_REPO
-from lib_sdtrain.jobs import runner
 from lib_sdtrain.models import discovery
-from lib_sdtrain.ui.common import error_for, message_html, resolve_folder, subfolders
+from lib_sdtrain.ui.common import error_for, message_html, resolve_folder, start_job, subfolders
 
 PAGE_SIZE = 24
 CAPTION_EXT, TAG_EXT = ".caption", ".txt"
@@ -148,41 +147,31 @@ def apply_bulk(state: dict, operation: str, tag: str, replacement: str) -> str:
 
 
 def start_caption(host, folder, model, beam_search, overwrite, batch_size, num_beams, top_p, min_length, max_length):
-    try:
-        path = folder_path(host, folder)
-        options = {
-            "train_data_dir": str(path), "caption_weights": model, "beam_search": beam_search, "overwrite": overwrite,
-            "batch_size": batch_size, "num_beams": num_beams, "top_p": top_p, "min_length": min_length,
-            "max_length": max_length,
+    def options():
+        return {
+            "train_data_dir": str(folder_path(host, folder)), "caption_weights": model, "beam_search": beam_search,
+            "overwrite": overwrite, "batch_size": batch_size, "num_beams": num_beams, "top_p": top_p,
+            "min_length": min_length, "max_length": max_length,
         }  # fmt: skip
-        job = runner().start("caption", options)
-    except Exception as e:
-        return error_for(e)
-    return message_html(f"Started {job.title}: existing captions are kept unless 'Overwrite' is ticked.", "ok")
+
+    return start_job("caption", options, "Existing captions are kept unless 'Overwrite' is ticked.")
 
 
 def start_tag(host, folder, model, thresh, remove_underscore, existing, character_threshold, undesired, rating):
-    try:
-        path = folder_path(host, folder)
+    def options():
         model_key = "model_dir" if Path(model).expanduser().is_dir() else "repo_id"
-        options = {
-            "train_data_dir": str(path), model_key: model, "thresh": thresh, "remove_underscore": remove_underscore,
-            "overwrite": existing == "overwrite", "append_tags": existing == "append",
-            "character_threshold": character_threshold or None, "undesired_tags": undesired,
-            "use_rating_tags": rating,
+        return {
+            "train_data_dir": str(folder_path(host, folder)), model_key: model, "thresh": thresh,
+            "remove_underscore": remove_underscore, "overwrite": existing == "overwrite",
+            "append_tags": existing == "append", "character_threshold": character_threshold or None,
+            "undesired_tags": undesired, "use_rating_tags": rating,
         }  # fmt: skip
-        job = runner().start("tag", options)
-    except Exception as e:
-        return error_for(e)
-    return message_html(f"Started {job.title}.", "ok")
+
+    return start_job("tag", options)
 
 
 def start_report(host, folder) -> str:
-    try:
-        job = runner().start("report", {"train_data_dir": str(folder_path(host, folder))})
-    except Exception as e:
-        return error_for(e)
-    return message_html(f"Started {job.title}.", "ok")
+    return start_job("report", lambda: {"train_data_dir": str(folder_path(host, folder))})
 
 
 def upload(host, files, name: str):

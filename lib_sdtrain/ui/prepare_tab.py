@@ -4,12 +4,10 @@ their VAE latents (meta_lat.json + .npz), then show the bucket histogram and tab
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import gradio as gr
 
-from lib_sdtrain.jobs import runner
-from lib_sdtrain.ui.common import error_for, message_html
+from lib_sdtrain.ui.common import start_job
 from lib_sdtrain.ui.dataset_tab import folder_path
 
 
@@ -22,21 +20,15 @@ class PrepareControls:
 
 def start_prepare(host, folder, model, resolution, batch_size, precision, flip_aug, clean, skip_existing,
                   min_reso, max_reso, steps, no_upscale) -> str:  # fmt: skip
-    try:
-        path = folder_path(host, folder)
-        options = {
-            "train_data_dir": str(path), "model": model, "max_resolution": resolution, "batch_size": batch_size,
-            "mixed_precision": precision, "flip_aug": flip_aug, "clean_caption": clean,
+    def options():
+        return {
+            "train_data_dir": str(folder_path(host, folder)), "model": model, "max_resolution": resolution,
+            "batch_size": batch_size, "mixed_precision": precision, "flip_aug": flip_aug, "clean_caption": clean,
             "skip_existing": skip_existing, "min_bucket_reso": min_reso, "max_bucket_reso": max_reso,
             "bucket_reso_steps": steps, "bucket_no_upscale": no_upscale,
         }  # fmt: skip
-        job = runner().start("prepare", options)
-    except Exception as e:
-        return error_for(e)
-    return message_html(
-        f"Started {job.title}: {Path(path) / 'meta_clean.json'}, then {Path(path) / 'meta_lat.json'} and latents.",
-        "ok",
-    )
+
+    return start_job("prepare", options, "It writes meta_clean.json, then meta_lat.json and the latents.")
 
 
 def result_values(result: dict | None):

@@ -17,23 +17,9 @@ from lib_sdtrain.host.types import LOADED_CHECKPOINT
 from lib_sdtrain.jobs import CANCELLED, DONE, FAILED, InputError, runner
 from lib_sdtrain.train.network.kohya_file import model_hashes
 from tests.train.conftest import train_settings
+from tests.waiting import finished, wait_for
 
 TASK = "task(sdtrain-test)"
-
-
-def wait_for(condition, timeout: float = 120.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def finished(job, timeout: float = 120.0) -> dict:
-    wait_for(lambda: not job.running, timeout, f"{job.id} to finish")
-    return job.snapshot()
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
@@ -10,21 +9,7 @@ from PIL import Image
 
 from lib_sdtrain.jobs import CANCELLED, DONE, FAILED, InputError, JobBusyError, JobRunner
 from tests.train.conftest import sks_dataset, train_settings  # noqa: F401 (fixture)
-
-
-def wait_for(condition, timeout: float = 120.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def finished(job, timeout: float = 120.0):
-    wait_for(lambda: not job.running, timeout, f"{job.id} to finish")
-    return job.snapshot()
+from tests.waiting import finished, wait_for
 
 
 @pytest.fixture
