@@ -161,19 +161,23 @@ def build(host, dataset_folder, lora_name, trigger_word, model_choices: list[str
                     for option in options[start : start + 3]:
                         form.build(option)
 
-    with gr.Accordion("Config: TOML, presets, previous runs", open=False):
+    with gr.Accordion("Config: TOML, presets, previous runs", open=False, elem_id="sdtrain_config"):
         toml_view = gr.Code(
-            label="The run's config (kohya keys; only changed values)", language=None, interactive=False
+            elem_id="sdtrain_toml",
+            label="The run's config (kohya keys; only changed values)",
+            language=None,
+            interactive=False,
         )
         with gr.Row():
             show_toml = gr.Button("Show TOML")
-            preset_name = gr.Textbox(label="Save as preset named", scale=2)
-            save_preset = gr.Button("Save preset")
+            preset_name = gr.Textbox(label="Save as preset named", scale=2, elem_id="sdtrain_preset_name")
+            save_preset = gr.Button("Save preset", elem_id="sdtrain_save_preset")
         with gr.Row():
-            previous = gr.Dropdown(label="Load a previous run's config", choices=[], allow_custom_value=True, scale=3)
-            refresh_previous = gr.Button("↻", scale=0, min_width=40)
-            load_previous = gr.Button("Load", scale=1)
-        config_message = gr.HTML()
+            previous = gr.Dropdown(label="Load a previous run's config", choices=[], allow_custom_value=True, scale=3,
+                                   elem_id="sdtrain_previous")  # fmt: skip
+            refresh_previous = gr.Button("↻", scale=0, min_width=40, elem_id="sdtrain_refresh_previous")
+            load_previous = gr.Button("Load", scale=1, elem_id="sdtrain_load_previous")
+        config_message = gr.HTML(elem_id="sdtrain_config_message")
 
     with gr.Row():
         start = gr.Button("Start training", variant="primary", elem_id="sdtrain_start")
@@ -275,13 +279,10 @@ def build(host, dataset_folder, lora_name, trigger_word, model_choices: list[str
     refresh_previous.click(previous_runs, None, [previous])
 
     def load_run(path):
-        from lib_sdtrain.train.config import flatten_toml
+        from lib_sdtrain.train.config import config_values, load_config
 
         try:
-            import tomllib
-
-            checked = host.check_path_allowed(path, "config file")
-            values = flatten_toml(tomllib.loads(Path(checked).read_text(encoding="utf-8")))
+            values = config_values(load_config(host.check_path_allowed(path, "config file")))
         except Exception as e:
             return [gr.update(), error_for(e), *([gr.update()] * len(inputs))]
         known = {k: v for k, v in values.items() if k in form.components}

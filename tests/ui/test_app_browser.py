@@ -211,3 +211,19 @@ def test_cancel_a_run_then_resume_it(app, page, shot):
     assert f"at step {cancelled_at}" in log and "Resumed from" in log
     wait_text(page, "#sdtrain_result", f"Finished after {cancelled_at + 60} steps")
     shot(page, "resumed")
+
+    # The run's config loads back into a fresh form, and the form saves as a user preset.
+    page.reload()
+    open_tab(page, "3. Train")
+    page.locator("#sdtrain_config").get_by_text("Config: TOML, presets, previous runs").click()
+    page.click("#sdtrain_refresh_previous")
+    choose(page, "sdtrain_previous", "resumable.sdtrain.toml")
+    page.click("#sdtrain_load_previous")
+    wait_text(page, "#sdtrain_config_message", "Loaded")
+    assert field(page, "sdtrain_opt_output_name").input_value() == "resumable"
+    assert field(page, "sdtrain_opt_network_dim").input_value() == "8"
+    set_value(page, "sdtrain_preset_name", "my-demo")
+    page.click("#sdtrain_save_preset")
+    wait_text(page, "#sdtrain_config_message", "my-demo.toml")
+    assert "network_dim = 8" in (app.home / "outputs" / "sd-train" / "presets" / "my-demo.toml").read_text()
+    shot(page, "config-loaded")
