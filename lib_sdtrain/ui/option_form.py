@@ -4,6 +4,7 @@ one item per line. The same schema drives `sdtrain train --help` and the TOML ch
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import gradio as gr
@@ -96,12 +97,15 @@ class OptionForm:
             for o in self.built
         ]
 
-    def visibility(self, query: str, changed_only: bool, raw: list[Any]) -> list[dict]:
-        """Show the fields whose key or help contains `query` (and that differ from the default, if asked)."""
+    def visibility(
+        self, query: str, changed_only: bool, raw: list[Any], applies: Callable[[Option], bool] = lambda o: True
+    ) -> list[dict]:
+        """Show the fields that apply (to what is being trained) whose key or help contains `query`, and that
+        differ from the default when `changed_only`."""
         query = (query or "").strip().lower()
         updates = []
         for option, value in zip(self.built, raw, strict=True):
-            matches = not query or query in option.name.lower() or query in option.help.lower()
+            matches = applies(option) and (not query or query in option.name.lower() or query in option.help.lower())
             if changed_only:
                 matches = matches and form_value(option, value) not in (None, option.default)
             updates.append(gr.update(visible=matches))

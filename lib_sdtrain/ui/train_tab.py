@@ -69,6 +69,20 @@ def form_to_values(host, form: OptionForm, mode: str, prompts: str, raw: list[An
     return values
 
 
+# Options that mean something only for some kinds of training: the form hides the others (they would be ignored).
+LORA_ONLY_CATEGORY = "network"
+FULL_ONLY = frozenset({"train_text_encoder"})
+LOCON_ONLY = frozenset({"conv_dim", "conv_alpha"})
+
+
+def applies_to(option, mode: str) -> bool:
+    if mode == MODES[2]:
+        return option.category != LORA_ONLY_CATEGORY
+    if option.name in FULL_ONLY:
+        return False
+    return option.name not in LOCON_ONLY or mode == MODES[1]
+
+
 def mode_of(values: dict[str, Any]) -> str:
     if not values.get("network_module"):
         return MODES[2]
@@ -159,7 +173,7 @@ def build(host, dataset_folder, lora_name, trigger_word, model_choices: list[str
             for start in range(0, len(options), 3):
                 with gr.Row():
                     for option in options[start : start + 3]:
-                        form.build(option)
+                        form.build(option, visible=applies_to(option, MODES[0]))
 
     with gr.Accordion("Config: TOML, presets, previous runs", open=False, elem_id="sdtrain_config"):
         toml_view = gr.Code(
@@ -291,9 +305,9 @@ def build(host, dataset_folder, lora_name, trigger_word, model_choices: list[str
 
     load_previous.click(load_run, [previous], [mode, config_message, *inputs])
 
-    search_inputs = [search, changed_only, *inputs]
-    for event in (search.change, changed_only.change):
-        event(lambda q, c, *raw: form.visibility(q, c, list(raw)), search_inputs, inputs)
+    search_inputs = [search, changed_only, mode, *inputs]
+    for event in (search.change, changed_only.change, mode.change):
+        event(lambda q, c, m, *raw: form.visibility(q, c, list(raw), lambda o: applies_to(o, m)), search_inputs, inputs)
 
     # The Dataset tab's choices flow into the run's settings.
     dataset_folder.change(lambda f: f or "", [dataset_folder], [form.components["train_data_dir"]])

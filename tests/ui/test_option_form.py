@@ -15,7 +15,7 @@ from lib_sdtrain.train.config import load_config
 from lib_sdtrain.train.options import OPTIONS, option_by_name
 from lib_sdtrain.ui.option_form import OptionForm, form_value
 from lib_sdtrain.ui.standalone_app import AppSettings, create_app
-from lib_sdtrain.ui.train_tab import MODE_KEYS, MODES, form_to_values
+from lib_sdtrain.ui.train_tab import MODE_KEYS, MODES, applies_to, form_to_values
 
 
 @pytest.fixture(scope="module")
@@ -73,3 +73,21 @@ def test_bad_values_are_refused_with_the_key_named():
         load_config(None, {"pretrained_model_name_or_path": "m", "train_data_dir": "d", "network_dim": "abc"})
     assert form_value(option_by_name("max_train_epochs"), " ") is None
     assert form_value(option_by_name("max_token_length"), "150") == 150
+
+
+def test_the_form_hides_options_that_do_not_apply_to_what_is_trained():
+    form = OptionForm([o for o in OPTIONS if o.name not in MODE_KEYS])
+    for option in form.options:
+        form.components[option.name] = object()
+    raw = [o.default for o in form.built]
+
+    def shown(mode: str, query: str = "", changed_only: bool = False) -> set[str]:
+        updates = form.visibility(query, changed_only, raw, lambda o: applies_to(o, mode))
+        return {o.name for o, u in zip(form.built, updates, strict=True) if u["visible"]}
+
+    lora, locon, full = (shown(mode) for mode in MODES)
+    assert {"network_dim", "network_alpha"} <= lora and "conv_dim" not in lora and "train_text_encoder" not in lora
+    assert {"conv_dim", "conv_alpha"} <= locon
+    assert "network_dim" not in full and "train_text_encoder" in full
+    assert shown(MODES[0], "snr") == {"min_snr_gamma"}
+    assert shown(MODES[0], changed_only=True) == set()
