@@ -9,6 +9,7 @@ import textwrap
 from typing import Any
 
 from lib_sdtrain.errors import ConfigError
+from lib_sdtrain.train.config import IGNORED_KEYS
 from lib_sdtrain.train.options import CATEGORIES, Option, coerce_value, display_value, options_in
 
 
@@ -34,6 +35,13 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
         group = parser.add_argument_group(f"{title} [{table}]")
         for option in options_in(category):
             _add_option(group, option)
+    unused = parser.add_argument_group(
+        "kohya options accepted but not used",
+        "Accepted so kohya command lines run unchanged, and reported as unused at the start, as in a TOML: "
+        + ", ".join(f"--{key}" for key in sorted(IGNORED_KEYS)),
+    )
+    for key in sorted(IGNORED_KEYS):
+        unused.add_argument(f"--{key}", nargs="*", default=None, help=argparse.SUPPRESS)
     parser.set_defaults(handler=run_train)
 
 
@@ -71,13 +79,39 @@ def _argument_type(option: Option):
     return parse
 
 
+def _scalar(text: str) -> Any:
+    """A flag's text as the TOML would hold it: true/false, a number, else the text."""
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def unused_flag_value(values: list[str] | None) -> Any:
+    """The value of an accepted-but-unused kohya flag: --xformers alone is true, one value a scalar, more a list."""
+    if values is None or not values:
+        return None if values is None else True
+    return _scalar(values[0]) if len(values) == 1 else list(values)
+
+
+def command_line_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings given as flags (None: not given, the config file decides)."""
+    overrides = {k: v for k, v in vars(args).items() if k not in ("config_file", "handler", "command")}
+    for key in IGNORED_KEYS & overrides.keys():
+        overrides[key] = unused_flag_value(overrides[key])
+    return overrides
+
+
 def run_train(args: argparse.Namespace) -> int:
     from lib_sdtrain.train.config import load_config
     from lib_sdtrain.train.loop import train
     from lib_sdtrain.utils.progress import TqdmProgress
 
-    overrides = {k: v for k, v in vars(args).items() if k not in ("config_file", "handler", "command")}
-    config = load_config(args.config_file, overrides)
+    config = load_config(args.config_file, command_line_overrides(args))
     progress = TqdmProgress()
     with _ctrl_c_cancels(progress):
         result = train(config, progress=progress)

@@ -30,7 +30,7 @@ IGNORED_KEYS = frozenset(
         "training_comment", "sample_sampler", "save_model_as", "color_aug", "face_crop_aug_range",
         "token_warmup_min", "token_warmup_step", "caption_dropout_every_n_epochs", "lr_scheduler_power",
         "max_grad_norm_type", "full_fp16", "full_bf16", "v2", "cache_latents", "cache_latents_to_disk",
-        "max_data_loader_n_workers", "enable_bucket", "bucket_no_upscale", "random_crop", "network_args",
+        "max_data_loader_n_workers", "enable_bucket", "bucket_no_upscale", "random_crop",
         "optimizer_args", "lr_scheduler_num_cycles", "caption_tag_dropout_rate", "scale_v_pred_loss_like_noise_pred",
     }
 )  # fmt: skip
@@ -43,9 +43,15 @@ OPTIMIZERS = ("AdamW", "AdamW8bit", "Lion", "Adafactor", "Prodigy")  # lib_sdtra
 # diffusers' schedules that need no extra arguments (piecewise_constant needs step rules kohya has no key for).
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
 MAX_TOKEN_LENGTHS = (75, 150, 225)
+# network_args keys: kohya networks.lora's LoCon ones, and LyCORIS' algo limited to what LoRANetwork builds.
+NETWORK_ARG_ALGOS = ("lora", "locon")
 
 # TrainConfig fields that are bookkeeping, not settings: no option, no CLI flag, no TOML key.
-INTERNAL_FIELDS = frozenset({"ignored"})
+INTERNAL_FIELDS = frozenset({"ignored", "given"})
+
+# SD-Train defaults that differ from kohya's: the start-of-training summary names them when a config leaves them
+# unset, so a kohya user is not surprised (value as kohya's default reads).
+KOHYA_DEFAULTS: dict[str, str] = {"learning_rate": "2e-06", "save_precision": "fp32", "seed": "a random seed"}
 
 
 def opt(
@@ -204,6 +210,13 @@ class TrainConfig:
         "Empty: the same as conv_dim.",
         "network",
     )
+    network_args: list[str] = opt(  # noqa: RUF009 - opt gives a list a default_factory
+        [],
+        'Extra network settings as kohya writes them, "key=value" texts: conv_dim and conv_alpha (LoCon; '
+        "conv_alpha defaults to 1 as in kohya) and LyCORIS' algo=lora or locon. Other keys (rank_dropout, "
+        "module_dropout, loha, lokr, block weights) are refused, as SD-Train does not implement them.",
+        "network",
+    )
     network_train_unet_only: bool = opt(
         False,
         "Train only the UNet part of the LoRA, not the text encoder: less memory, and common for styles.",
@@ -228,12 +241,14 @@ class TrainConfig:
     )
     unet_lr: float | None = opt(
         None,
-        "Learning rate of the UNet (its LoRA, or the whole UNet in a fine-tune). Empty: learning_rate.",
+        "Learning rate of the UNet (its LoRA, or the whole UNet in a fine-tune). Empty: learning_rate; 0: the "
+        "UNet is frozen (not trained), as in kohya.",
         "optimizer",
     )
     text_encoder_lr: float | None = opt(
         None,
-        "Learning rate of the text encoder, usually a half to a tenth of unet_lr (e.g. 5e-5). Empty: learning_rate.",
+        "Learning rate of the text encoder, usually a half to a tenth of unet_lr (e.g. 5e-5). Empty: "
+        "learning_rate; 0: the text encoder is frozen (not trained), as in kohya.",
         "optimizer",
     )
     optimizer_type: str = opt(
@@ -400,10 +415,33 @@ class TrainConfig:
         "sdtrain",
     )
     ignored: dict[str, Any] = field(default_factory=dict)  # kohya keys accepted but unused (IGNORED_KEYS)
+    # the keys the config file or command line set (config_from_dict), to tell a default from a chosen value
+    given: frozenset[str] = field(default_factory=frozenset, compare=False, repr=False)
 
     @property
     def is_lora(self) -> bool:
         return self.network_module is not None
+
+    @property
+    def unet_learning_rate(self) -> float:
+        """unet_lr, else learning_rate: an explicit 0 stays 0 (frozen), as in kohya."""
+        return self.learning_rate if self.unet_lr is None else self.unet_lr
+
+    @property
+    def text_encoder_learning_rate(self) -> float:
+        return self.learning_rate if self.text_encoder_lr is None else self.text_encoder_lr
+
+    @property
+    def locon_dim(self) -> int | None:
+        """The rank of the convolution LoRA, from conv_dim or network_args (validate() checks they agree)."""
+        return parse_network_args(self.network_args).get("conv_dim", self.conv_dim)
+
+    @property
+    def locon_alpha(self) -> float | None:
+        args = parse_network_args(self.network_args)
+        if "conv_dim" in args and "conv_alpha" not in args and self.conv_alpha is None:
+            return 1.0  # kohya's networks.lora: conv_alpha defaults to 1 when network_args set conv_dim
+        return args.get("conv_alpha", self.conv_alpha)
 
     def validate(self) -> None:
         if not self.pretrained_model_name_or_path:
@@ -429,12 +467,73 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be at least 1, not {getattr(self, name)}.")
         if self.network_train_unet_only and self.network_train_text_encoder_only:
             raise ConfigError("network_train_unet_only and network_train_text_encoder_only exclude each other.")
+        self._check_network_args()
+
+    def _check_network_args(self) -> None:
+        args = parse_network_args(self.network_args)
+        for key in ("conv_dim", "conv_alpha"):
+            own = getattr(self, key)
+            if key in args and own is not None and own != args[key]:
+                raise ConfigError(f"{key} = {own} and network_args {key}={args[key]} disagree; set it in one place.")
 
     @property
     def resolution_size(self) -> tuple[int, int]:
         from lib_sdtrain.prepare.buckets import parse_resolution
 
         return parse_resolution(self.resolution)
+
+
+def _network_arg_number(key: str, text: str, kind: type) -> float | int:
+    try:
+        return kind(text)
+    except ValueError:
+        expected = "a whole number" if kind is int else "a number"
+        raise ConfigError(f"network_args {key}={text}: expected {expected}.") from None
+
+
+def _network_arg_algo(text: str) -> None:
+    if text.lower() not in NETWORK_ARG_ALGOS:
+        raise ConfigError(
+            f"network_args algo={text} is not implemented: SD-Train trains lora or locon (LoCon: add conv_dim). "
+            "Train LoHa, LoKr and the other LyCORIS types with kohya sd-scripts and LyCORIS."
+        )
+
+
+_NOT_IMPLEMENTED_ARGS = {
+    "rank_dropout": "dropout of LoRA ranks",
+    "module_dropout": "dropout of whole LoRA modules",
+}
+
+
+def parse_network_args(entries: list[str]) -> dict[str, Any]:
+    """kohya's network_args ("key=value" texts) as {"conv_dim": int, "conv_alpha": float}; ConfigError for what
+    SD-Train cannot honour, so no setting is silently dropped."""
+    values: dict[str, Any] = {}
+    for entry in entries:
+        key, sep, text = str(entry).partition("=")
+        key, text = key.strip(), text.strip()
+        if not sep:
+            raise ConfigError(f'network_args entry {entry!r}: expected key=value, e.g. "conv_dim=8".')
+        if key == "conv_dim":
+            values[key] = _network_arg_number(key, text, int)
+        elif key == "conv_alpha":
+            values[key] = _network_arg_number(key, text, float)
+        elif key == "algo":
+            _network_arg_algo(text)
+        elif key in _NOT_IMPLEMENTED_ARGS:
+            if _network_arg_number(key, text, float) != 0:
+                raise ConfigError(
+                    f"network_args {key}={text} ({_NOT_IMPLEMENTED_ARGS[key]}) is not implemented in SD-Train; "
+                    "use network_dropout, or remove it."
+                )
+        else:
+            raise ConfigError(
+                f"network_args {key}={text} is not supported by SD-Train (it knows conv_dim, conv_alpha and "
+                "algo=lora|locon); remove it."
+            )
+    if values.get("conv_dim") is not None and values["conv_dim"] < 1:
+        values.pop("conv_dim")  # conv_dim=0: no LoCon, as in kohya
+    return values
 
 
 KNOWN_KEYS = frozenset(f.name for f in dataclasses.fields(TrainConfig) if f.name not in INTERNAL_FIELDS)
@@ -460,7 +559,7 @@ def config_from_dict(values: dict[str, Any]) -> TrainConfig:
             ignored[key] = value
         else:
             raise unknown_key_error(key)
-    return TrainConfig(**known, ignored=ignored)
+    return TrainConfig(**known, ignored=ignored, given=frozenset(known))
 
 
 def config_values(config: TrainConfig) -> dict[str, Any]:

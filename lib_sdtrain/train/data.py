@@ -11,6 +11,7 @@ so an epoch is the same whether a run was resumed or not.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from dataclasses import dataclass
@@ -47,25 +48,39 @@ def collect_items(config: TrainConfig) -> list[TrainItem]:
     return items
 
 
-def _bucket_assigner(config: TrainConfig) -> BucketAssigner:
+def _bucket_assigner(config: TrainConfig, no_upscale: bool = False) -> BucketAssigner:
     return BucketAssigner(
         BucketSettings(
             max_resolution=config.resolution_size,
             min_bucket_reso=config.min_bucket_reso,
             max_bucket_reso=max(config.max_bucket_reso, *config.resolution_size),
             bucket_reso_steps=config.bucket_reso_steps,
+            no_upscale=no_upscale,
         )
     )
 
 
-def _image_bucket(path: Path, assigner: BucketAssigner) -> tuple[int, int]:
+# EXIF orientations that turn the stored image by 90 degrees (transpose, 90 CW, transverse, 90 CCW).
+_SIDEWAYS_ORIENTATIONS = frozenset({5, 6, 7, 8})
+_EXIF_ORIENTATION = 0x0112
+
+
+def upright_size(path: Path) -> tuple[int, int]:
+    """(width, height) as load_image_rgb will deliver the image (EXIF rotation applied), read from the header only
+    so collecting a large dataset does not decode every image."""
     from PIL import Image
 
     try:
         with Image.open(path) as im:
-            return assigner.select(*im.size).bucket
+            width, height = im.size
+            sideways = im.getexif().get(_EXIF_ORIENTATION) in _SIDEWAYS_ORIENTATIONS
     except OSError as e:
         raise DatasetError(f"Cannot read training image {path}: {e}") from e
+    return (height, width) if sideways else (width, height)
+
+
+def _image_bucket(path: Path, assigner: BucketAssigner) -> tuple[int, int]:
+    return assigner.select(*upright_size(path)).bucket
 
 
 def _metadata_items(config: TrainConfig, root: Path) -> list[TrainItem]:
@@ -77,16 +92,15 @@ def _metadata_items(config: TrainConfig, root: Path) -> list[TrainItem]:
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise DatasetError(f"{path.name} is not valid JSON: {e}") from e
     images = {p.stem: p for p in list_images(root)}
-    assigner = None
+    assigner = _bucket_assigner(config)
     items = []
     for key, entry in metadata.items():
-        image = Path(key) if Path(key).is_file() else images.get(Path(key).stem)
-        latents = root / f"{Path(key).stem}.npz"
+        image = _find_image(key, images)
+        latents = _latents_path(key, image, root)
         caption = ", ".join(t for t in (entry.get("caption", "").strip(), entry.get("tags", "").strip()) if t)
         if "train_resolution" in entry:
             bucket = tuple(int(v) for v in entry["train_resolution"])
         elif image is not None:
-            assigner = assigner or _bucket_assigner(config)
             bucket = _image_bucket(image, assigner)
         else:
             raise DatasetError(f"{key}: no image in {root} and no train_resolution in {path.name}")
@@ -96,7 +110,60 @@ def _metadata_items(config: TrainConfig, root: Path) -> list[TrainItem]:
         missing = [i.key for i in items if i.image_path is None]
         if missing:
             raise DatasetError(f"{len(missing)} images have neither a file nor cached latents, e.g. {missing[:3]}")
+    else:
+        # Latents prepared with --bucket_no_upscale have that rule's buckets; the training key names it.
+        prepared = _bucket_assigner(config, no_upscale=config.ignored.get("bucket_no_upscale") is True)
+        items = [dataclasses.replace(i, bucket=_cached_bucket(i, config, prepared)) for i in items]
     return [item for item in items for _ in range(config.dataset_repeats)]
+
+
+def _find_image(key: str, images: dict[str, Path]) -> Path | None:
+    """A key is the image's stem, or its path with --full_path (then possibly in a sub-folder)."""
+    if Path(key).is_file():
+        return Path(key)
+    return images.get(key) or images.get(Path(key).stem)
+
+
+def _latents_path(key: str, image: Path | None, root: Path) -> Path:
+    # kohya: the .npz lies beside its image (in the image's sub-folder with --recursive --full_path); a stem key
+    # without an image names <train_data_dir>/<key>.npz.
+    if image is not None:
+        return image.with_suffix(".npz")
+    if Path(key).is_absolute() or "/" in key or "\\" in key:
+        return Path(key).with_suffix(".npz")
+    return root / f"{key}.npz"
+
+
+def _cached_latents_size(path: Path) -> tuple[int, int]:
+    """(width, height) in pixels of the latents in a kohya .npz."""
+    try:
+        with np.load(path) as npz:
+            shape = npz["latents" if "latents" in npz.files else "arr_0"].shape
+    except (OSError, ValueError, KeyError, EOFError) as e:
+        raise DatasetError(f"Cannot read cached latents {path}: {e}. Re-run Prepare (sdtrain buckets).") from e
+    if len(shape) != 3:
+        raise DatasetError(f"Cached latents {path} have the shape {shape}, not (4, H/8, W/8). Re-run Prepare.")
+    return shape[2] * 8, shape[1] * 8
+
+
+def _cached_bucket(item: TrainItem, config: TrainConfig, assigner: BucketAssigner) -> tuple[int, int]:
+    """The item's bucket, checked against its latents: they must have the size of the image's bucket at this run's
+    resolution (train_resolution when the image is gone). A stale cache would crash a batch (tensors of different
+    sizes) or silently train at the old size. Refused rather than re-encoded, so a run never quietly takes the
+    slow path or writes over the user's cache."""
+    assert item.latents_path is not None
+    cached = _cached_latents_size(item.latents_path)
+    expected = _image_bucket(item.image_path, assigner) if item.image_path is not None else item.bucket
+    if cached != expected:
+        w, h = cached
+        bw, bh = expected
+        raise DatasetError(
+            f"{item.latents_path}: the cached latents are {w}x{h} px, but at resolution {config.resolution} "
+            f"this image's bucket is {bw}x{bh}. Re-run Prepare (sdtrain buckets) with max_resolution "
+            f"{config.resolution} and the same bucket settings, or delete the .npz files to encode the images "
+            "while training."
+        )
+    return expected
 
 
 def _folder_items(config: TrainConfig, root: Path) -> list[TrainItem]:

@@ -10,8 +10,10 @@ progress and cancel happen between steps. A NaN/inf loss stops the run before it
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,13 +23,13 @@ import torch.nn.functional as F
 from lib_sdtrain.errors import Cancelled, ConfigError, SDTrainError
 from lib_sdtrain.models.sd_model import SDModel
 from lib_sdtrain.train import data, text
-from lib_sdtrain.train.config import TrainConfig
+from lib_sdtrain.train.config import KOHYA_DEFAULTS, TrainConfig
 from lib_sdtrain.train.network.kohya_file import SAVE_DTYPES, load_lora, save_lora
 from lib_sdtrain.train.network.lora import LoRANetwork, NetworkSpec
 from lib_sdtrain.train.optim import make_lr_scheduler, make_optimizer
 from lib_sdtrain.train.outputs import OWNER_KEY, lora_metadata
 from lib_sdtrain.train.sampling import generate_samples, read_prompt_file
-from lib_sdtrain.train.state import Position, load_state, save_state
+from lib_sdtrain.train.state import Position, load_state, restore_rng, save_state
 from lib_sdtrain.train.tensorboard_log import TensorBoardLog
 from lib_sdtrain.utils.files import check_safe_name
 from lib_sdtrain.utils.progress import Progress
@@ -89,8 +91,8 @@ class Trainer:
                 rank=config.network_dim,
                 alpha=config.network_alpha,
                 dropout=config.network_dropout,
-                conv_rank=config.conv_dim,
-                conv_alpha=config.conv_alpha,
+                conv_rank=config.locon_dim,
+                conv_alpha=config.locon_alpha,
                 train_unet=not config.network_train_text_encoder_only,
                 train_text_encoder=not config.network_train_unet_only,
             )
@@ -98,23 +100,19 @@ class Trainer:
             if config.network_weights:
                 self.network.load_kohya_state_dict(load_lora(config.network_weights)[0])
             groups = self.network.parameter_groups(
-                unet_lr=config.unet_lr or config.learning_rate,
-                text_encoder_lr=config.text_encoder_lr or config.learning_rate,
+                unet_lr=config.unet_learning_rate, text_encoder_lr=config.text_encoder_learning_rate
             )
+            text_encoder_params = list(self.network.text_encoder_loras.parameters())
         else:
             model.unet.requires_grad_(True)
-            groups = [{"params": list(model.unet.parameters()), "lr": config.unet_lr or config.learning_rate}]
-            if config.train_text_encoder:
+            groups = [{"params": list(model.unet.parameters()), "lr": config.unet_learning_rate}]
+            text_encoder_params = list(model.text_encoder.parameters()) if config.train_text_encoder else []
+            if text_encoder_params:
                 model.text_encoder.requires_grad_(True)
-                groups.append(
-                    {
-                        "params": list(model.text_encoder.parameters()),
-                        "lr": config.text_encoder_lr or config.learning_rate,
-                    }
-                )
-        self.trains_text_encoder = (self.network is not None and len(self.network.text_encoder_loras) > 0) or (
-            self.network is None and config.train_text_encoder
-        )
+                groups.append({"params": text_encoder_params, "lr": config.text_encoder_learning_rate})
+        groups = _without_frozen(groups)
+        trained = {id(p) for g in groups for p in g["params"]}
+        self.trains_text_encoder = any(id(p) in trained for p in text_encoder_params)
         if config.gradient_checkpointing:
             model.unet.enable_gradient_checkpointing()
             if self.trains_text_encoder:
@@ -181,8 +179,7 @@ class Trainer:
                 self.model.text_encoder.load_state_dict(te)
         self.optimizer.load_state_dict(optimizer)
         self.lr_scheduler.load_state_dict(scheduler)
-        torch.set_rng_state(rng["torch"])
-        self.noise_generator.set_state(rng["gen_noise"])
+        restore_rng(rng, {"noise": self.noise_generator})
         self.position = position
         self.progress.message(f"Resumed from {folder} at step {position.step}.")
 
@@ -288,6 +285,60 @@ class Trainer:
             self.samples.append(path)
             self.progress.image(image, caption=path.name, path=path)
 
+    # --- the start-of-training summary ---------------------------------------------------------------------------
+
+    def summary(self) -> str:
+        """What this run will do, in the terms of kohya's start-up log, before the first step."""
+        config = self.config
+        lines = [
+            f"Training {self._what()} on {self.device} (mixed precision {config.mixed_precision})",
+            self._data_line(),
+            f"{self.batches_per_epoch} batches per epoch (batch size {config.train_batch_size}, gradient "
+            f"accumulation {config.gradient_accumulation_steps}), {_plural(self.num_epochs, 'epoch')}, "
+            f"{_plural(self.total_steps, 'step')}"
+            + (f", resuming at step {self.position.step}" if self.position.step else ""),
+            f"{sum(p.numel() for p in self.params):,} trainable parameters; {self._rates()}",
+            f"Output: {self.output_dir / (config.output_name + '.safetensors')} ({config.save_precision})",
+        ]
+        lines += [
+            f"SD-Train default differs from kohya: {key} {_shown(getattr(config, key))} (kohya's default: {kohya})"
+            for key, kohya in KOHYA_DEFAULTS.items()
+            if key not in config.given and getattr(config, key) == _default(key)
+        ]
+        return "\n".join(lines)
+
+    def _what(self) -> str:
+        if self.network is None:
+            return "a full fine-tune (UNet" + (" + text encoder)" if self.trains_text_encoder else ")")
+        spec = self.network.spec
+        text = f"a LoRA (dim {spec.rank}, alpha {_shown(spec.alpha or spec.rank)}"
+        if spec.conv_rank:
+            text += f", LoCon conv dim {spec.conv_rank}, conv alpha {_shown(spec.conv_alpha or spec.conv_rank)}"
+        loras = (("UNet", self.network.unet_loras), ("text encoder", self.network.text_encoder_loras))
+        parts = [name for name, modules in loras if any(p.requires_grad for p in modules.parameters())]
+        return text + f"; trains the {' and '.join(parts)})"
+
+    def _data_line(self) -> str:
+        counts = Counter(item.key for item in self.items)
+        repeats = sorted(set(counts.values()))
+        shown = str(repeats[0]) if len(repeats) == 1 else f"{repeats[0]}-{repeats[-1]}"
+        buckets = len({item.bucket for item in self.items})
+        cached = all(item.latents_path is not None for item in self.items)
+        source = "cached latents" if cached else "images encoded by the VAE at each step"
+        return (
+            f"{_plural(len(counts), 'image')}, repeats {shown} ({len(self.items)} per epoch), "
+            f"{_plural(buckets, 'bucket')}, {source}"
+        )
+
+    def _rates(self) -> str:
+        config = self.config
+        unet = config.unet_learning_rate
+        rates = f"learning rate {_shown(unet)} (UNet)" if unet else "UNet frozen (unet_lr 0)"
+        if self.network is not None or config.train_text_encoder:
+            te = config.text_encoder_learning_rate
+            rates += f", {_shown(te)} (text encoder)" if te else ", text encoder frozen (text_encoder_lr 0)"
+        return rates + f", {config.optimizer_type}, {config.lr_scheduler} schedule"
+
     # --- the loop -------------------------------------------------------------------------------------------------
 
     def run(self) -> TrainResult:
@@ -296,9 +347,12 @@ class Trainer:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         if config.ignored:
             progress.message(f"Accepted but not used by SD-Train: {', '.join(sorted(config.ignored))}")
+        progress.message(self.summary())
         log = TensorBoardLog(config.logging_dir, config.output_name, progress)
         progress.start(self.total_steps, "training")
-        progress.state.done = self.position.step
+        if self.position.step:  # a resumed run: the bar starts where the state left off and ends at the total
+            progress.state.done = self.position.step
+            progress.on_advance(self.position.step, {})
         epoch_losses: list[float] = []
         losses: list[float] = []
         accumulated = 0
@@ -387,6 +441,33 @@ class Trainer:
                 self.save_training_state(f"-{number:06d}")
         if config.sample_every_n_epochs and number % config.sample_every_n_epochs == 0 and number < self.num_epochs:
             self._sample(f"e{number:06d}")
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" + ("" if count == 1 else "s")
+
+
+def _shown(value) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _default(key: str):
+    return next(f.default for f in dataclasses.fields(TrainConfig) if f.name == key)
+
+
+def _without_frozen(groups: list[dict]) -> list[dict]:
+    """kohya's rule: a part whose learning rate is 0 is not trained at all (its group is dropped, its weights get no
+    gradient), rather than falling back to learning_rate."""
+    kept = []
+    for group in groups:
+        if group["lr"] == 0:
+            for p in group["params"]:
+                p.requires_grad_(False)
+        else:
+            kept.append(group)
+    if not kept:
+        raise ConfigError("nothing to train: every part's learning rate is 0 (unet_lr, text_encoder_lr).")
+    return kept
 
 
 def train(config: TrainConfig, model: SDModel | None = None, progress: Progress | None = None) -> TrainResult:

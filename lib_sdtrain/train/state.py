@@ -2,7 +2,8 @@
 
 A state folder (kohya's naming: `<name>-000003-state`, `<name>-step00000500-state`) holds:
     trainable.safetensors   the trained tensors (the LoRA in kohya's names, or the fine-tuned modules)
-    optimizer.pt, scheduler.pt, rng.pt   torch state dicts (tensors and numbers only: read with weights_only)
+    optimizer.pt, scheduler.pt, rng.pt   torch state dicts (tensors and numbers only: read with weights_only);
+                            rng.pt: the CPU's, the CUDA device's (when present) and the run's generators
     train_state.json        step, epoch, batch position
 """
 
@@ -43,8 +44,7 @@ def save_state(
     save_file({k: v.detach().cpu().contiguous() for k, v in trainable.items()}, str(tmp / "trainable.safetensors"))
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     torch.save(lr_scheduler.state_dict(), tmp / "scheduler.pt")
-    rng = {"torch": torch.get_rng_state(), **{f"gen_{k}": g.get_state() for k, g in generators.items()}}
-    torch.save(rng, tmp / "rng.pt")
+    torch.save(rng_state(generators), tmp / "rng.pt")
     atomic_write_json(tmp / "train_state.json", asdict(position))
     if folder.exists():
         old = folder.with_name(folder.name + ".old")
@@ -55,6 +55,24 @@ def save_state(
     else:
         tmp.rename(folder)
     return folder
+
+
+def rng_state(generators: dict[str, torch.Generator]) -> dict[str, torch.Tensor]:
+    """The random states a resume needs: the CPU's, the current CUDA device's when there is one (LoRA dropout on
+    a GPU draws from it), and the run's own generators."""
+    rng = {"torch": torch.get_rng_state(), **{f"gen_{k}": g.get_state() for k, g in generators.items()}}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state()
+    return rng
+
+
+def restore_rng(rng: dict[str, torch.Tensor], generators: dict[str, torch.Generator]) -> None:
+    """Put back what rng_state saved; a state written without CUDA (or by an older version) leaves CUDA's as is."""
+    torch.set_rng_state(rng["torch"])
+    for name, generator in generators.items():
+        generator.set_state(rng[f"gen_{name}"])
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state(rng["cuda"])
 
 
 def load_state(folder: str | Path) -> tuple[dict[str, torch.Tensor], dict, dict, dict, Position]:

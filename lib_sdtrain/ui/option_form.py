@@ -38,7 +38,8 @@ def form_value(option: Option, value: Any) -> Any:
     if value is None or (isinstance(value, str) and not value.strip() and option.type is not str):
         return None
     if option.type is list:
-        return [line.strip() for line in str(value).splitlines() if line.strip()]
+        lines = value if isinstance(value, list | tuple) else str(value).splitlines()
+        return [str(line).strip() for line in lines if str(line).strip()]
     if option.choices and option.type is int:
         return int(value)
     if option.type is str and option.optional and not str(value).strip():

@@ -86,7 +86,8 @@ def applies_to(option, mode: str) -> bool:
 def mode_of(values: dict[str, Any]) -> str:
     if not values.get("network_module"):
         return MODES[2]
-    return MODES[1] if values.get("conv_dim") else MODES[0]
+    locon_args = any(str(arg).replace(" ", "").startswith("conv_dim=") for arg in values.get("network_args") or [])
+    return MODES[1] if values.get("conv_dim") or locon_args else MODES[0]
 
 
 # --- the run's monitor -----------------------------------------------------------------------------------------------
