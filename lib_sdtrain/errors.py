@@ -23,5 +23,9 @@ class ConfigError(SDTrainError):
     """A training or dataset setting is missing, unknown or out of range."""
 
 
+class OutputError(SDTrainError):
+    """A folder SD-Train has to write to cannot be written (read-only, missing permissions)."""
+
+
 class Cancelled(SDTrainError):
     """The user cancelled a job. Whatever was finished so far has been kept."""

@@ -61,3 +61,12 @@ def standalone_home(tmp_path_factory: pytest.TempPathFactory):
     home = standalone.configure(home=tmp_path_factory.mktemp("sdtrain-home")).home
     yield home
     standalone.configure(home=previous.home)
+
+
+@pytest.fixture
+def tmpfs(tmp_path: Path):
+    """A real 1 MiB tmpfs (tests.mounts.remount_read_only makes it read-only), unmounted afterwards."""
+    from tests.mounts import tmpfs_mount
+
+    with tmpfs_mount(tmp_path / "tmpfs") as folder:
+        yield folder

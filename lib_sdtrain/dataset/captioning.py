@@ -12,14 +12,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from PIL import Image
 
-from lib_sdtrain.dataset.images import ImageJobSummary, image_batches, images_to_process, list_images
-from lib_sdtrain.errors import DatasetError, ModelLoadError
+from lib_sdtrain.dataset.images import ImageJobSummary, dataset_images, image_batches, images_to_process
+from lib_sdtrain.errors import ModelLoadError
 from lib_sdtrain.utils.files import atomic_write_text
 from lib_sdtrain.utils.progress import Progress
 
 PROMPT = "a picture of"
 DEFAULT_BLIP = "Salesforce/blip-image-captioning-large"
+MIN_CAPTION_SIDE = 8  # pixels
 
 
 def _local_only(source: str) -> bool:
@@ -88,17 +90,23 @@ def _generate(blip: Blip, images: list, options: CaptionOptions, generator_seed:
     return [t.strip().removeprefix(PROMPT).strip() for t in texts]
 
 
+def _too_small(image: Image.Image) -> str | None:
+    # A picture this small says nothing to caption, and transformers 4.30 takes an image 1 or 3 pixels high for
+    # channels-first and fails the whole batch.
+    if min(image.size) < MIN_CAPTION_SIDE:
+        return f"too small to caption ({image.width}x{image.height} pixels; at least {MIN_CAPTION_SIDE} on each side)"
+    return None
+
+
 def caption_images(
     folder: str | Path, blip: Blip, options: CaptionOptions, progress: Progress | None = None
 ) -> ImageJobSummary:
     progress = progress or Progress()
-    images = list_images(folder, options.recursive)
-    if not images:
-        raise DatasetError(f"No images found in {folder}.")
+    listing = dataset_images(folder, options.recursive, progress, writable=True)
     summary = ImageJobSummary()
-    todo = images_to_process(images, options.caption_extension, not options.overwrite, summary)
+    todo = images_to_process(listing, options.caption_extension, not options.overwrite, summary)
     progress.start(len(todo), "captioning")
-    for start, batch, pictures in image_batches(todo, options.batch_size, summary, progress):
+    for start, batch, pictures in image_batches(todo, options.batch_size, summary, progress, _too_small):
         for path, caption in zip(batch, _generate(blip, pictures, options, options.seed + start), strict=True):
             atomic_write_text(path.with_suffix(options.caption_extension), caption + "\n")
             summary.written += 1

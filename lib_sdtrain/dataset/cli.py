@@ -5,7 +5,11 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from lib_sdtrain.errors import ConfigError
+from lib_sdtrain.utils.arguments import float_between, int_at_least
 from lib_sdtrain.utils.progress import Progress
+
+PROBABILITY = float_between(0.0, 1.0)
 
 
 def register_cli(subparsers: argparse._SubParsersAction) -> None:
@@ -23,9 +27,9 @@ def _register_tag(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("train_data_dir", help="folder of images")
     p.add_argument("--model_dir", help="folder with model.onnx and selected_tags.csv (or a cache folder for --repo_id)")
     p.add_argument("--repo_id", default="SmilingWolf/wd-v1-4-convnext-tagger-v2", help="hub id of the tagger")
-    p.add_argument("--thresh", type=float, default=0.35, help="threshold for tags (0.35)")
-    p.add_argument("--general_threshold", type=float, help="threshold for general tags (default: --thresh)")
-    p.add_argument("--character_threshold", type=float, help="threshold for character tags (default: --thresh)")
+    p.add_argument("--thresh", type=PROBABILITY, default=0.35, help="threshold for tags (0.35)")
+    p.add_argument("--general_threshold", type=PROBABILITY, help="threshold for general tags (default: --thresh)")
+    p.add_argument("--character_threshold", type=PROBABILITY, help="threshold for character tags (default: --thresh)")
     p.add_argument("--remove_underscore", action="store_true", help="'long_hair' -> 'long hair' (tags over 3 chars)")
     p.add_argument("--undesired_tags", default="", help="comma-separated tags never to write")
     p.add_argument("--caption_extension", default=".txt", help="extension of the tag files (.txt)")
@@ -33,19 +37,20 @@ def _register_tag(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--append_tags", action="store_true", help="add new tags to existing tag files")
     p.add_argument("--overwrite", action="store_true", help="replace existing tag files")
     p.add_argument("--use_rating_tags", action="store_true", help="put the most likely rating tag first")
-    p.add_argument("--batch_size", type=int, default=1)
-    p.add_argument("--max_data_loader_n_workers", type=int, default=None, help="accepted for kohya compatibility")
+    p.add_argument("--batch_size", type=int_at_least(1), default=1)
+    p.add_argument("--max_data_loader_n_workers", type=int_at_least(0), help="accepted for kohya compatibility")
     p.add_argument("--recursive", action="store_true", help="also tag images in sub-folders")
     p.add_argument("--debug", action="store_true", help="print each image's tags")
     p.set_defaults(handler=run_tag)
 
 
 def run_tag(args: argparse.Namespace, progress: Progress | None = None) -> dict[str, Any]:
+    from lib_sdtrain.dataset.images import dataset_images
     from lib_sdtrain.dataset.tagging import TagOptions, find_tagger, tag_images
     from lib_sdtrain.utils.progress import TqdmProgress
 
     progress = progress or TqdmProgress()
-
+    dataset_images(args.train_data_dir, args.recursive, writable=True)  # before the tagger: bad folders fail at once
     options = TagOptions(
         thresh=args.thresh,
         general_threshold=args.general_threshold,
@@ -69,11 +74,16 @@ def _report_summary(verb: str, summary, progress: Progress) -> dict[str, Any]:
     """Tell the user what a per-image job did; the same numbers are the job's result for the UI and the API."""
     progress.message(
         f"{verb} {summary.written} images; kept {summary.skipped_existing} existing files; "
-        f"{len(summary.failed)} unreadable"
+        f"{len(summary.failed)} unreadable; {len(summary.skipped)} skipped"
     )
-    for path, reason in summary.failed.items():
+    for path, reason in {**summary.failed, **summary.skipped}.items():
         progress.message(f"  {path}: {reason}")
-    return {"written": summary.written, "kept": summary.skipped_existing, "failed": dict(summary.failed)}
+    return {
+        "written": summary.written,
+        "kept": summary.skipped_existing,
+        "failed": dict(summary.failed),
+        "skipped": dict(summary.skipped),
+    }
 
 
 def _register_caption(subparsers: argparse._SubParsersAction) -> None:
@@ -96,15 +106,15 @@ def _register_caption(subparsers: argparse._SubParsersAction) -> None:
         help="with a .pth: where the image settings and tokenizer come from (a transformers BLIP folder or hub id)",
     )
     p.add_argument("--caption_extension", default=".caption", help="extension of the caption files (.caption)")
-    p.add_argument("--batch_size", type=int, default=1)
+    p.add_argument("--batch_size", type=int_at_least(1), default=1)
     p.add_argument("--beam_search", action="store_true", help="beam search (default: nucleus sampling, top_p 0.9)")
-    p.add_argument("--num_beams", type=int, default=1)
-    p.add_argument("--top_p", type=float, default=0.9)
-    p.add_argument("--min_length", type=int, default=5)
-    p.add_argument("--max_length", type=int, default=75)
+    p.add_argument("--num_beams", type=int_at_least(1), default=1)
+    p.add_argument("--top_p", type=PROBABILITY, default=0.9)
+    p.add_argument("--min_length", type=int_at_least(0), default=5)
+    p.add_argument("--max_length", type=int_at_least(1), default=75)
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--overwrite", action="store_true", help="replace existing caption files")
-    p.add_argument("--max_data_loader_n_workers", type=int, default=None, help="accepted for kohya compatibility")
+    p.add_argument("--max_data_loader_n_workers", type=int_at_least(0), help="accepted for kohya compatibility")
     p.add_argument("--recursive", action="store_true")
     p.add_argument("--debug", action="store_true", help="print each image's caption")
     p.set_defaults(handler=run_caption)
@@ -112,10 +122,13 @@ def _register_caption(subparsers: argparse._SubParsersAction) -> None:
 
 def run_caption(args: argparse.Namespace, progress: Progress | None = None) -> dict[str, Any]:
     from lib_sdtrain.dataset.captioning import CaptionOptions, caption_images, load_blip
+    from lib_sdtrain.dataset.images import dataset_images
     from lib_sdtrain.utils.progress import TqdmProgress
 
     progress = progress or TqdmProgress()
-
+    if args.min_length > args.max_length:
+        raise ConfigError(f"--min_length {args.min_length} is more than --max_length {args.max_length}.")
+    dataset_images(args.train_data_dir, args.recursive, writable=True)  # before BLIP: bad folders fail at once
     options = CaptionOptions(
         caption_extension=args.caption_extension,
         batch_size=args.batch_size,

@@ -4,8 +4,9 @@ so odd files are handled the same way everywhere: EXIF rotation applied, transpa
 
 from __future__ import annotations
 
+import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,8 +14,14 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from lib_sdtrain.errors import DatasetError
+from lib_sdtrain.utils.files import check_writable
+from lib_sdtrain.utils.progress import Progress
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp"})
+# Picture formats that turn up in datasets but that kohya's trainers do not read either: named when skipped.
+UNSUPPORTED_IMAGE_EXTENSIONS = frozenset(
+    {".gif", ".tif", ".tiff", ".avif", ".heic", ".heif", ".jxl", ".svg", ".ico", ".psd", ".jp2"}
+)
 # The dataset report's bucket chart is written next to the metadata, which users keep in the image folder (the
 # tutorial does): it must never be captioned, tagged or trained on.
 REPORT_IMAGE_SUFFIX = ".buckets.png"
@@ -29,12 +36,20 @@ class ImageJobSummary:
     written: int = 0
     skipped_existing: int = 0
     failed: dict[str, str] = field(default_factory=dict)  # path -> reason
+    skipped: dict[str, str] = field(default_factory=dict)  # path -> why it was left out before opening it
 
 
-def images_to_process(images: list[Path], extension: str, keep_existing: bool, summary: ImageJobSummary) -> list[Path]:
-    """The images whose `<stem><extension>` file is to be written; existing files are counted and kept when asked."""
+def images_to_process(
+    listing: ImageListing, extension: str, keep_existing: bool, summary: ImageJobSummary
+) -> list[Path]:
+    """The images whose `<stem><extension>` file is to be written; existing files are counted and kept when asked.
+    Entries left out of the listing and name clashes go into `summary.skipped`, so nothing is overwritten twice."""
+    clashes = listing.name_clashes()
+    summary.skipped.update({str(path): reason for path, reason in {**listing.skipped, **clashes}.items()})
     todo = []
-    for path in images:
+    for path in listing.images:
+        if path in clashes:
+            continue
         if keep_existing and path.with_suffix(extension).exists():
             summary.skipped_existing += 1
         else:
@@ -43,17 +58,26 @@ def images_to_process(images: list[Path], extension: str, keep_existing: bool, s
 
 
 def image_batches(
-    paths: list[Path], batch_size: int, summary: ImageJobSummary, progress
+    paths: list[Path],
+    batch_size: int,
+    summary: ImageJobSummary,
+    progress: Progress,
+    refuse: Callable[[Image.Image], str | None] | None = None,
 ) -> Iterator[tuple[int, list[Path], list[Image.Image]]]:
-    """Batches of (offset in `paths`, paths, RGB images), checking for cancel between batches. Unreadable files
-    are recorded in `summary.failed` with their reason and skipped; progress advances once a batch is handled."""
+    """Batches of (offset in `paths`, paths, RGB images), checking for cancel between batches. Unreadable files,
+    and images `refuse` gives a reason for, are recorded in `summary.failed` and skipped, so one odd image never
+    takes its batch down; progress advances once a batch is handled."""
     for start in range(0, len(paths), batch_size):
         progress.check_cancelled()
         chunk = paths[start : start + batch_size]
         batch, images = [], []
         for path in chunk:
             try:
-                images.append(load_image_rgb(path))
+                image = load_image_rgb(path)
+                reason = refuse(image) if refuse else None
+                if reason:
+                    raise ImageLoadError(path, reason)
+                images.append(image)
                 batch.append(path)
             except ImageLoadError as e:
                 summary.failed[str(path)] = e.reason
@@ -83,19 +107,96 @@ def _optional_extensions() -> set[str]:
     return extra
 
 
-def list_images(folder: str | Path, recursive: bool = False) -> list[Path]:
-    """The dataset's image files in `folder` (sorted), by extension in any case, without SD-Train's report charts.
+@dataclass
+class ImageListing:
+    """A dataset folder's image files, and the image-like entries left out with the reason for each."""
+
+    images: list[Path]
+    skipped: dict[Path, str]
+
+    def name_clashes(self) -> dict[Path, str]:
+        """Images whose folder and stem an earlier image already has (dup.png after dup.jpg): they would share its
+        caption, tag and latent files and its metadata key, so all but the first are left out, with what to do."""
+        first: dict[Path, Path] = {}
+        clashes = {}
+        for path in self.images:
+            owner = first.setdefault(path.with_suffix(""), path)
+            if owner != path:
+                clashes[path] = (
+                    f"same name as {owner.name} (it would share {path.stem}.caption, {path.stem}.txt and "
+                    f"{path.stem}.npz): rename it, e.g. to {path.stem}_{path.suffix[1:].lower()}{path.suffix}"
+                )
+        return clashes
+
+    def folders(self) -> set[Path]:
+        """The folders that hold the images (their caption, tag and latent files are written there)."""
+        return {path.parent for path in self.images}
+
+
+def scan_images(folder: str | Path, recursive: bool = False) -> ImageListing:
+    """The image files in `folder` (sorted, by extension in any case, without SD-Train's report charts), and the
+    entries that look like images but are left out: unsupported formats, broken links, folders named x.png.
     Raises DatasetError if the folder is missing."""
     root = Path(folder)
     if not root.is_dir():
         raise DatasetError(f"Image folder not found: {root}")
-    extensions = IMAGE_EXTENSIONS | _optional_extensions()
-    pattern = "**/*" if recursive else "*"
-    return sorted(
-        p
-        for p in root.glob(pattern)
-        if p.is_file() and p.suffix.lower() in extensions and not p.name.lower().endswith(REPORT_IMAGE_SUFFIX)
-    )
+    usable = IMAGE_EXTENSIONS | _optional_extensions()
+    images, skipped = [], {}
+    for path in sorted(root.glob("**/*" if recursive else "*")):
+        suffix = path.suffix.lower()
+        if path.name.lower().endswith(REPORT_IMAGE_SUFFIX):
+            continue
+        if suffix in usable and path.is_file():
+            images.append(path)
+        elif suffix in usable and not (recursive and path.is_dir()):  # with --recursive a folder's images count
+            skipped[path] = _not_a_file(path)
+        elif suffix in UNSUPPORTED_IMAGE_EXTENSIONS:
+            skipped[path] = _unsupported(suffix)
+    return ImageListing(images, skipped)
+
+
+def _not_a_file(path: Path) -> str:
+    if path.is_symlink() and not path.exists():
+        return f"broken link (its target {os.readlink(path)} does not exist)"
+    if path.is_dir():
+        return "a folder, not an image file (--recursive reads the images inside)"
+    return "not a regular file"
+
+
+def _unsupported(suffix: str) -> str:
+    if suffix == ".avif":
+        return "AVIF needs the pillow-avif-plugin package (pip install pillow-avif-plugin), or convert it to PNG"
+    return f"{suffix} is not a training image format (kohya's trainers skip it too): convert it to PNG or JPEG"
+
+
+def list_images(folder: str | Path, recursive: bool = False) -> list[Path]:
+    """The dataset's image files in `folder` (sorted), as scan_images finds them."""
+    return scan_images(folder, recursive).images
+
+
+def dataset_images(
+    folder: str | Path,
+    recursive: bool = False,
+    progress: Progress | None = None,
+    *,
+    writable: bool = False,
+    require_images: bool = True,
+) -> ImageListing:
+    """The images a stage works on, checked before any model is loaded: every entry left out (and every name
+    clash) told through `progress`, a DatasetError when there is no image (unless not `require_images`), and with
+    `writable` an OutputError when a folder that the stage writes files into is read-only."""
+    listing = scan_images(folder, recursive)
+    if progress is not None:
+        for path, reason in {**listing.skipped, **listing.name_clashes()}.items():
+            progress.message(f"skipped {path}: {reason}")
+    if require_images and not listing.images:
+        found = f" ({len(listing.skipped)} file(s) skipped, see above)" if listing.skipped else ""
+        extensions = ", ".join(sorted(IMAGE_EXTENSIONS | _optional_extensions()))
+        raise DatasetError(f"No images found in {folder}{found}: nothing to do. Images are {extensions} files.")
+    if writable:
+        for path in sorted(listing.folders()):
+            check_writable(path, "the captions, tags and latents are written beside the images")
+    return listing
 
 
 def load_image_rgb(path: str | Path, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:

@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lib_sdtrain.dataset.images import list_images
+from lib_sdtrain.dataset.images import dataset_images
 from lib_sdtrain.errors import ConfigError, DatasetError
-from lib_sdtrain.utils.files import atomic_write_json
+from lib_sdtrain.utils.files import atomic_write_json, check_writable
 from lib_sdtrain.utils.progress import Progress
 
 Metadata = dict[str, dict[str, Any]]
@@ -199,11 +199,14 @@ class MergeResult:
     missing_captions: list[Path] = field(default_factory=list)
     missing_tags: list[Path] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    skipped: dict[Path, str] = field(default_factory=dict)  # left out before reading, and why
 
     def summary(self) -> str:
         lines = [
-            f"images: {self.images}, captions merged: {self.captions}, tags merged: {self.tags}",
+            f"images: {self.images}, captions merged: {self.captions}, tags merged: {self.tags}, "
+            f"skipped: {len(self.skipped)}",
         ]
+        lines.extend(f"skipped {path.name}: {reason}" for path, reason in self.skipped.items())
         for label, paths in (
             ("without a caption file", self.missing_captions),
             ("without a tag file", self.missing_tags),
@@ -227,14 +230,17 @@ def merge_captions_and_tags(
 ) -> MergeResult:
     """Add `<stem><caption_extension>` as "caption" and `<stem><tag_extension>` as "tags" for every image.
 
-    A missing caption or tag file leaves that field of the entry as it was and is counted, never fatal.
+    A missing or blank caption or tag file leaves that field of the entry as it was and is counted, never fatal.
+    Images sharing a name (dup.png, dup.jpg) share their text files: all but the first are skipped, and named.
     """
     check_recursive_keys(options.recursive, options.full_path)
     progress = progress or Progress()
-    images = list_images(train_dir, options.recursive)
+    listing = dataset_images(train_dir, options.recursive, progress)
+    clashes = listing.name_clashes()
+    images = [path for path in listing.images if path not in clashes]
     caption_ext = _normalise_extension(options.caption_extension)
     tag_ext = _normalise_extension(options.tag_extension)
-    result = MergeResult(metadata=metadata, images=len(images))
+    result = MergeResult(metadata=metadata, images=len(images), skipped={**listing.skipped, **clashes})
 
     progress.start(len(images), "merging captions and tags")
     for path in images:
@@ -249,9 +255,14 @@ def merge_captions_and_tags(
                 missing.append(path)
                 continue
             text, warning = read_caption_file(text_path)
+            if not text:  # a blank file is no caption: merged as "" it would train on nothing, silently
+                missing.append(path)
+                warning = f"{text_path} is empty (or only whitespace): counted as no {field_name}"
             if warning:
                 result.warnings.append(warning)
                 progress.message(f"warning: {warning}")
+            if not text:
+                continue
             entry[field_name] = text
             if field_name == "caption":
                 result.captions += 1
@@ -274,6 +285,7 @@ def merge_to_file(
 ) -> MergeResult:
     """Merge into `in_json` (else into `out_json` itself when it exists, as kohya does); write `out_json` atomically."""
     out_json = Path(out_json)
+    check_writable(out_json.parent, f"{out_json.name} is written there")
     source = Path(in_json) if in_json else (out_json if out_json.is_file() else None)
     metadata = load_metadata(source) if source else {}
     result = merge_captions_and_tags(train_dir, metadata, options, progress)

@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from lib_sdtrain.dataset.images import ImageJobSummary, image_batches, images_to_process, list_images
+from lib_sdtrain.dataset.images import ImageJobSummary, dataset_images, image_batches, images_to_process
 from lib_sdtrain.dataset.metadata import read_caption_file
-from lib_sdtrain.errors import DatasetError, ModelLoadError
+from lib_sdtrain.errors import ModelLoadError
 from lib_sdtrain.utils.files import atomic_write_text
 from lib_sdtrain.utils.progress import Progress
 
@@ -104,13 +104,18 @@ def make_session(tagger: Tagger):
 
 
 def prepare_image(image: Image.Image, size: int) -> np.ndarray:
-    """RGB image (alpha already on white) -> [size, size, 3] float32 BGR 0-255, padded to a white square first."""
+    """RGB image (alpha already on white) -> [size, size, 3] float32 BGR 0-255, centred on a white square.
+
+    kohya pads to a square first and then resizes; we resize first (the same picture up to the edge pixels), so
+    a 20000x32 panorama never becomes a 20000x20000 canvas: memory stays at the model's input size.
+    """
     side = max(image.size)
-    square = Image.new("RGB", (side, side), (255, 255, 255))
-    square.paste(image, ((side - image.width) // 2, (side - image.height) // 2))
     if side != size:
+        scaled = (max(1, round(image.width * size / side)), max(1, round(image.height * size / side)))
         # kohya: OpenCV INTER_AREA when shrinking, LANCZOS when enlarging; Pillow's BOX is the area average.
-        square = square.resize((size, size), Image.Resampling.BOX if side > size else Image.Resampling.LANCZOS)
+        image = image.resize(scaled, Image.Resampling.BOX if side > size else Image.Resampling.LANCZOS)
+    square = Image.new("RGB", (size, size), (255, 255, 255))
+    square.paste(image, ((size - image.width) // 2, (size - image.height) // 2))
     return np.asarray(square, dtype=np.float32)[:, :, ::-1].copy()
 
 
@@ -134,16 +139,14 @@ def select_tags(probs: np.ndarray, tagger: Tagger, options: TagOptions) -> list[
 
 def tag_images(folder: str | Path, tagger: Tagger, options: TagOptions, progress: Progress | None = None) -> TagSummary:
     progress = progress or Progress()
-    images = list_images(folder, options.recursive)
-    if not images:
-        raise DatasetError(f"No images found in {folder}.")
+    listing = dataset_images(folder, options.recursive, progress, writable=True)
     session = make_session(tagger)
     summary = TagSummary(provider=session.get_providers()[0])
-    progress.message(f"Tagging {len(images)} images with {tagger.model_path.name} on {summary.provider}.")
+    progress.message(f"Tagging {len(listing.images)} images with {tagger.model_path.name} on {summary.provider}.")
     model_input = session.get_inputs()[0]
     size = int(model_input.shape[1]) if isinstance(model_input.shape[1], int) else 448
     keep_existing = not (options.overwrite or options.append_tags)
-    todo = images_to_process(images, options.caption_extension, keep_existing, summary)
+    todo = images_to_process(listing, options.caption_extension, keep_existing, summary)
     progress.start(len(todo), "tagging")
     for _, batch, pictures in image_batches(todo, options.batch_size, summary, progress):
         arrays = np.stack([prepare_image(picture, size) for picture in pictures])

@@ -6,13 +6,12 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import tempfile
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lib_sdtrain.utils.files import atomic_write_text
+from lib_sdtrain.utils.files import atomic_write_text, make_folder_beside
 from lib_sdtrain.utils.progress import Progress
 
 SEED = 0
@@ -115,11 +114,11 @@ def _build_folder(target: Path, build: Callable[[Path], object], force: bool) ->
         return False
     target.parent.mkdir(parents=True, exist_ok=True)
     _remove_leftovers(target)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+    staging = make_folder_beside(target, "partial")
     try:
         build(staging)
         if target.exists():  # force: move the old one aside first, so the name is never empty for long
-            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+            old = make_folder_beside(target, "old")
             os.replace(target, old / target.name)
             shutil.rmtree(old, ignore_errors=True)
         os.replace(staging, target)

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from lib_sdtrain.dataset.images import MAX_IMAGE_PIXELS
+from lib_sdtrain.utils.arguments import int_at_least
 from lib_sdtrain.utils.progress import Progress
 
 
@@ -42,7 +43,7 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     buckets.add_argument("out_json", type=Path, help="metadata to write, e.g. meta_lat.json")
     buckets.add_argument("model", help="model with the VAE: .safetensors/.ckpt, diffusers folder, VAE file or hub id")
     _add_bucket_arguments(buckets)
-    buckets.add_argument("--batch_size", type=int, default=1, help="images per VAE call (1)")
+    buckets.add_argument("--batch_size", type=int_at_least(1), default=1, help="images per VAE call (1)")
     buckets.add_argument(
         "--mixed_precision", choices=("no", "fp16", "bf16"), default="no", help="VAE precision (no = float32)"
     )
@@ -73,21 +74,27 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
 
 def _add_bucket_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max_resolution", default="512,512", metavar="W,H", help="largest training area (512,512)")
-    parser.add_argument("--min_bucket_reso", type=int, default=256, help="smallest bucket side (256)")
-    parser.add_argument("--max_bucket_reso", type=int, default=1024, help="largest bucket side (1024)")
-    parser.add_argument("--bucket_reso_steps", type=int, default=64, help="bucket sides are multiples of this (64)")
+    parser.add_argument("--min_bucket_reso", type=int_at_least(1), default=256, help="smallest bucket side (256)")
+    parser.add_argument("--max_bucket_reso", type=int_at_least(1), default=1024, help="largest bucket side (1024)")
+    parser.add_argument(
+        "--bucket_reso_steps", type=int_at_least(1), default=64, help="bucket sides are multiples of this (64)"
+    )
     parser.add_argument(
         "--bucket_no_upscale", action="store_true", help="bucket from each image's own size; never enlarge"
     )
     parser.add_argument("--full_path", action="store_true", help="metadata keys are image paths")
     parser.add_argument("--recursive", action="store_true", help="also look in sub-folders (needs --full_path)")
     parser.add_argument(
-        "--max_data_loader_n_workers", type=int, default=0, metavar="N", help="threads that open images ahead (0)"
+        "--max_data_loader_n_workers",
+        type=int_at_least(0),
+        default=0,
+        metavar="N",
+        help="threads that open images ahead (0)",
     )
     parser.add_argument("--tokenizer", help="CLIP tokenizer folder for exact token counts in the report")
     parser.add_argument(
         "--max_image_pixels",
-        type=int,
+        type=int_at_least(1),
         default=MAX_IMAGE_PIXELS,
         metavar="N",
         help="refuse larger images (decompression bombs)",
@@ -146,6 +153,7 @@ def run_merge(args: argparse.Namespace, progress: Progress | None = None) -> dic
         "tags": result.tags,
         "without_caption": [str(p) for p in result.missing_captions],
         "without_tags": [str(p) for p in result.missing_tags],
+        "skipped": {str(p): reason for p, reason in result.skipped.items()},
     }
 
 
@@ -205,13 +213,18 @@ def _report_result(report, text_path: Path, histogram_path: Path) -> dict[str, A
 
 
 def run_report(args: argparse.Namespace, progress: Progress | None = None) -> dict[str, Any]:
+    from lib_sdtrain.dataset.images import REPORT_IMAGE_SUFFIX
     from lib_sdtrain.dataset.metadata import load_metadata
     from lib_sdtrain.prepare.report import build_report, scan_dataset
+    from lib_sdtrain.utils.files import check_writable
     from lib_sdtrain.utils.progress import TqdmProgress
 
     progress = progress or TqdmProgress()
 
     settings = _bucket_settings(args)
+    folder, name = (args.metadata.parent, args.metadata.stem) if args.metadata else (args.train_data_dir, "dataset")
+    if folder.is_dir():  # a missing image folder gets its own message below
+        check_writable(folder, f"{name}.report.txt and {name}{REPORT_IMAGE_SUFFIX} are written there")
     metadata = load_metadata(args.metadata) if args.metadata else None
     records = scan_dataset(
         args.train_data_dir,
@@ -230,8 +243,8 @@ def run_report(args: argparse.Namespace, progress: Progress | None = None) -> di
         caption_extension=args.caption_extension,
         tag_extension=args.tag_extension,
         tokenizer=_tokenizer(args.tokenizer, args.model),
+        recursive=args.recursive,
     )
-    folder, name = (args.metadata.parent, args.metadata.stem) if args.metadata else (args.train_data_dir, "dataset")
     text_path, png_path = report.write(folder, name)
     progress.message(report.summary())
     progress.message(f"wrote {text_path} and {png_path}")

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from lib_sdtrain.prepare.latents import LatentCacheOptions, LatentCacheResult, cache_latents
+from lib_sdtrain.prepare.latents import LatentCacheOptions, LatentCacheResult, cache_latents, check_latent_inputs
 from lib_sdtrain.prepare.report import DatasetReport, build_report
 from lib_sdtrain.utils.progress import Progress
 
@@ -50,6 +50,7 @@ def prepare_buckets_latents(
     from lib_sdtrain.models.loading import load_vae
 
     options.buckets.validate()  # before loading anything
+    check_latent_inputs(train_dir, in_json, out_json, options)
     progress = progress or Progress()
     device, dtype = vae_device_and_dtype(mixed_precision, device)
     if mixed_precision == "fp16" and dtype != torch.float16:
@@ -70,6 +71,7 @@ def prepare_buckets_latents(
         metadata=result.metadata,
         tokenizer=tokenizer,
         warnings=result.notes,
+        recursive=options.recursive,
     )
     report_path, histogram_path = report.write(out_json.parent, out_json.stem)
     return PreparedDataset(result, report, report_path, histogram_path)

@@ -24,12 +24,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from lib_sdtrain.dataset.images import MAX_IMAGE_PIXELS, list_images
+from lib_sdtrain.dataset.images import MAX_IMAGE_PIXELS, ImageListing, dataset_images
 from lib_sdtrain.dataset.metadata import Metadata, check_recursive_keys, image_key, load_metadata
 from lib_sdtrain.errors import Cancelled, DatasetError
 from lib_sdtrain.prepare.buckets import BucketAssigner, BucketSettings, Size, crop_ltrb
 from lib_sdtrain.prepare.scan import ImageRecord, inspect_image, prefetch
-from lib_sdtrain.utils.files import atomic_path, atomic_write_json
+from lib_sdtrain.utils.files import atomic_path, atomic_write_json, check_writable
 from lib_sdtrain.utils.progress import Progress
 
 
@@ -195,23 +195,17 @@ def cache_latents(
     Unreadable images are reported (record.error) and left out of `out_json`; a failure or cancel part-way leaves
     an existing `out_json` untouched and keeps the .npz files finished so far (re-run with skip_existing).
     """
-    check_recursive_keys(options.recursive, options.full_path)
-    if options.batch_size < 1:
-        raise DatasetError("--batch_size must be at least 1.")
     progress = progress or Progress()
-    images = list_images(train_dir, options.recursive)
-    if not Path(in_json).is_file():
-        raise DatasetError(f"Metadata file not found: {in_json}. Run `merge` first to write it.")
+    listing = check_latent_inputs(train_dir, in_json, out_json, options, progress)
     metadata = {key: dict(entry) for key, entry in load_metadata(in_json).items()}
     assigner = BucketAssigner(options.buckets)
     result = LatentCacheResult(records=[], metadata=metadata)
-    if not images:
-        result.notes.append(f"No images found in {train_dir}.")
+    clashes = listing.name_clashes()
 
     pending: dict[Size, list[_Pending]] = {}
-    progress.start(len(images), "caching latents")
+    progress.start(len(listing.images), "caching latents")
     try:
-        for record, image in _load_all(images, assigner, options):
+        for record, image in _load_all(listing.images, clashes, assigner, options):
             progress.check_cancelled()
             result.records.append(record)
             if record.error is None:
@@ -220,7 +214,7 @@ def cache_latents(
                     _encode_and_save(vae, batch, options)
                     result.encoded += len(batch)
                     batch.clear()
-            else:
+            elif record.path not in clashes:  # those were told with the listing
                 progress.message(f"skipped {record.path}: {record.error}")
             progress.advance(1)
         for batch in pending.values():
@@ -250,22 +244,36 @@ def cache_latents(
     return result
 
 
+def check_latent_inputs(
+    train_dir: str | Path,
+    in_json: str | Path,
+    out_json: str | Path,
+    options: LatentCacheOptions,
+    progress: Progress | None = None,
+) -> ImageListing:
+    """Everything `buckets` can check before the VAE is loaded: options, images, metadata, writable folders."""
+    check_recursive_keys(options.recursive, options.full_path)
+    if options.batch_size < 1:
+        raise DatasetError("--batch_size must be at least 1.")
+    listing = dataset_images(train_dir, options.recursive, progress, writable=True)
+    if not Path(in_json).is_file():
+        raise DatasetError(f"Metadata file not found: {in_json}. Run `merge` first to write it.")
+    check_writable(Path(out_json).parent, f"{Path(out_json).name} and the dataset report are written there")
+    return listing
+
+
 def _load_all(
-    images: list[Path], assigner: BucketAssigner, options: LatentCacheOptions
+    images: list[Path], clashes: dict[Path, str], assigner: BucketAssigner, options: LatentCacheOptions
 ) -> Iterator[tuple[ImageRecord, Image.Image | None]]:
-    seen: dict[str, Path] = {}
+    """Each image opened and bucketed; a name clash (a.png after a.jpg: same key "a", same a.npz) is left out."""
 
     def load(path: Path) -> tuple[ImageRecord, Image.Image | None]:
         key = image_key(path, options.full_path)
+        if path in clashes:
+            return ImageRecord(path, key, error=clashes[path]), None
         return inspect_image(path, key, assigner, max_pixels=options.max_pixels, crop=True)
 
-    for record, image in prefetch(images, load, options.workers):
-        first = seen.setdefault(record.key, record.path) if record.error is None else record.path
-        if first != record.path:
-            # a.png and a.jpg share the key "a" and the file a.npz: keep the first, as a key can name one image.
-            record.error = f"same name as {first.name} (metadata key {record.key!r} and {first.stem}.npz are taken)"
-            image = None
-        yield record, image
+    yield from prefetch(images, load, options.workers)
 
 
 def _place(

@@ -15,7 +15,7 @@ from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
 
-from lib_sdtrain.dataset.images import MAX_IMAGE_PIXELS, REPORT_IMAGE_SUFFIX, list_images
+from lib_sdtrain.dataset.images import MAX_IMAGE_PIXELS, REPORT_IMAGE_SUFFIX, dataset_images, scan_images
 from lib_sdtrain.dataset.metadata import Metadata, check_recursive_keys, image_key, read_caption_file
 from lib_sdtrain.prepare.buckets import BucketAssigner, BucketSettings, Size
 from lib_sdtrain.prepare.scan import ImageRecord, inspect_image, prefetch
@@ -23,6 +23,7 @@ from lib_sdtrain.utils.files import atomic_path, atomic_write_text
 from lib_sdtrain.utils.progress import Progress
 
 MAX_TOKENS = 75  # CLIP's 77 positions minus the begin/end tokens
+EXTREME_CROP = 0.25  # more of the picture than this cut off to fit a bucket: the subject may be gone
 
 
 class TokenCounter:
@@ -60,6 +61,7 @@ class DatasetReport:
     without_tags: list[str] = field(default_factory=list)
     long_texts: list[tuple[str, int]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    skipped: dict[Path, str] = field(default_factory=dict)  # image-like files left out before opening them
 
     @property
     def readable(self) -> list[ImageRecord]:
@@ -72,6 +74,18 @@ class DatasetReport:
     @property
     def upscaled(self) -> list[ImageRecord]:
         return [r for r in self.readable if r.upscaled]
+
+    @property
+    def extreme_crops(self) -> list[ImageRecord]:
+        return [r for r in self.readable if r.cropped > EXTREME_CROP]
+
+    def warning_count(self) -> int:
+        """Everything that trains, but maybe badly: texts cut off, images without a caption, extreme crops, notes."""
+        return len(self.long_texts) + len(self.without_caption) + len(self.extreme_crops) + len(self.warnings)
+
+    def _paths_by_key(self) -> dict[str, Path]:
+        # The usable image wins a key that a left-out one (dup.png beside dup.jpg) shares.
+        return {r.key: r.path for r in [*self.unreadable, *self.readable]}
 
     @property
     def duplicates(self) -> list[list[ImageRecord]]:
@@ -88,6 +102,7 @@ class DatasetReport:
     def problem_images(self) -> dict[str, str]:
         """{image path: what is wrong with it}, for the UI's list of images that need a look."""
         problems = {str(r.path): f"left out: {r.error}" for r in self.unreadable}
+        problems.update({str(path): f"skipped: {reason}" for path, reason in self.skipped.items()})
         for r in self.upscaled:
             if r.size and r.choice:
                 problems[str(r.path)] = (
@@ -96,11 +111,15 @@ class DatasetReport:
         for group in self.duplicates:
             for r in group[1:]:
                 problems[str(r.path)] = f"duplicate of {group[0].path.name}"
-        by_key = {r.key: str(r.path) for r in self.records}
+        by_key = {key: str(path) for key, path in self._paths_by_key().items()}
         for key, count in self.long_texts:
             problems.setdefault(by_key.get(key, key), f"text of {count} tokens (over {MAX_TOKENS}, cut off)")
         for key in set(self.without_caption) & set(self.without_tags):
             problems.setdefault(by_key.get(key, key), "no caption and no tags: trains on an empty text")
+        for key in self.without_caption:
+            problems.setdefault(by_key.get(key, key), "no caption, or an empty one")
+        for r in self.extreme_crops:
+            problems.setdefault(str(r.path), _crop_line(r))
         return problems
 
     def summary(self) -> str:
@@ -108,7 +127,8 @@ class DatasetReport:
         mode = "no upscale" if s.no_upscale else f"{s.min_bucket_reso}-{s.max_bucket_reso}"
         lines = [
             f"Dataset report for {self.train_dir}",
-            f"images: {len(self.records)} found, {len(self.readable)} usable, {len(self.unreadable)} unreadable",
+            f"images: {len(self.records)} found, {len(self.readable)} usable, {len(self.unreadable)} unreadable, "
+            f"{len(self.skipped)} other file(s) skipped",
             f"buckets: {len(self.bucket_counts)} used (max resolution {s.max_resolution[0]}x{s.max_resolution[1]}, "
             f"{mode}, step {s.bucket_reso_steps})",
         ]
@@ -119,6 +139,7 @@ class DatasetReport:
             lines.append(f"mean aspect-ratio error: {mean_error:.4f}")
         lines.append(f"without a caption: {len(self.without_caption)}, without tags: {len(self.without_tags)}")
         _list(lines, "unreadable (left out)", [f"{r.path.name}: {r.error}" for r in self.unreadable])
+        _list(lines, "skipped (not used as images)", [f"{p.name}: {why}" for p, why in self.skipped.items()])
         _list(
             lines,
             "smaller than their bucket (upscaled)",
@@ -138,7 +159,21 @@ class DatasetReport:
             f"training texts over {MAX_TOKENS} tokens (the rest is cut off; counted in {self.token_label})",
             [f"{key}: {count}" for key, count in self.long_texts],
         )
-        _list(lines, "warnings", self.warnings)
+        by_key = self._paths_by_key()
+        _list(
+            lines, "no caption, or an empty one", [by_key[k].name if k in by_key else k for k in self.without_caption]
+        )
+        _list(
+            lines,
+            f"extreme crops (over {EXTREME_CROP:.0%} of the picture cut off to fit a bucket)",
+            [_crop_line(r) for r in self.extreme_crops],
+        )
+        lines.append(
+            f"warnings: {self.warning_count()} ({len(self.without_caption)} without a caption, "
+            f"{len(self.long_texts)} texts over {MAX_TOKENS} tokens, {len(self.extreme_crops)} extreme crops, "
+            f"{len(self.warnings)} notes)"
+        )
+        lines.extend(f"  {note}" for note in self.warnings)
         return "\n".join(lines)
 
     def write(self, folder: Path, name: str) -> tuple[Path, Path]:
@@ -150,6 +185,12 @@ class DatasetReport:
         with atomic_path(png_path) as tmp:
             chart.save(tmp, format="PNG")
         return text_path, png_path
+
+
+def _crop_line(record: ImageRecord) -> str:
+    assert record.size is not None and record.choice is not None
+    (w, h), (bw, bh) = record.size, record.choice.bucket
+    return f"{record.path.name}: {w}x{h} -> bucket {bw}x{bh}, {record.cropped:.0%} cut off"
 
 
 def _list(lines: list[str], title: str, items: list[str], limit: int = 50) -> None:
@@ -172,19 +213,22 @@ def build_report(
     tag_extension: str = ".txt",
     tokenizer: Any = None,
     warnings: list[str] | None = None,
+    recursive: bool = False,
 ) -> DatasetReport:
-    """Texts come from `metadata` when given, else from the caption/tag files beside the images."""
+    """Texts come from `metadata` when given, else from the caption/tag files beside the images. The files that
+    were skipped before opening (unsupported formats, broken links) are listed again from the folder."""
     counter = TokenCounter(tokenizer)
     report = DatasetReport(Path(train_dir), records, settings, token_label=counter.label, warnings=list(warnings or []))
+    report.skipped = scan_images(train_dir, recursive).skipped
     for record in report.readable:
         entry = (
             metadata.get(record.key, {})
             if metadata is not None
             else _sidecar_entry(record.path, caption_extension, tag_extension, report.warnings)
         )
-        if not entry.get("caption"):
+        if not str(entry.get("caption") or "").strip():
             report.without_caption.append(record.key)
-        if not entry.get("tags"):
+        if not str(entry.get("tags") or "").strip():
             report.without_tags.append(record.key)
         tokens = counter.count(training_text(entry))
         if tokens > MAX_TOKENS:
@@ -217,9 +261,12 @@ def scan_dataset(
     check_recursive_keys(recursive, full_path)
     progress = progress or Progress()
     assigner = BucketAssigner(settings)
-    images = list_images(train_dir, recursive)
+    listing = dataset_images(train_dir, recursive, progress, require_images=False)
+    images, clashes = listing.images, listing.name_clashes()
 
     def inspect(path: Path) -> ImageRecord:
+        if path in clashes:
+            return ImageRecord(path, image_key(path, full_path), error=clashes[path])
         return inspect_image(path, image_key(path, full_path), assigner, max_pixels=max_pixels)[0]
 
     records = []
@@ -228,7 +275,7 @@ def scan_dataset(
         for record in prefetch(images, inspect, workers):
             progress.check_cancelled()
             records.append(record)
-            if record.error:
+            if record.error and record.path not in clashes:  # clashes were told with the listing
                 progress.message(f"unreadable: {record.path}: {record.error}")
             progress.advance(1)
     finally:

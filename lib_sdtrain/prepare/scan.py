@@ -37,6 +37,14 @@ class ImageRecord:
             return False
         return self.choice.resized_size[0] > self.size[0] or self.choice.resized_size[1] > self.size[1]
 
+    @property
+    def cropped(self) -> float:
+        """The share of the (resized) picture cut off to fit its bucket: 0 when it fits."""
+        if self.choice is None:
+            return 0.0
+        (bw, bh), (rw, rh) = self.choice.bucket, self.choice.resized_size
+        return max(0.0, 1.0 - (bw * bh) / (rw * rh))
+
 
 def inspect_image(
     path: Path,

@@ -6,10 +6,14 @@ import contextlib
 import json
 import os
 import re
+import secrets
+import stat
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+from lib_sdtrain.errors import OutputError
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._()+\-\[\]]{0,127}$")
 
@@ -22,9 +26,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    tmp = _new_file_beside(target)
     try:
         yield tmp
         os.replace(tmp, target)
@@ -32,6 +34,38 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         raise
+
+
+def _new_file_beside(target: Path) -> Path:
+    """An empty, new, uniquely named file in `target`'s folder with the mode a plain `open(target, "w")` gives.
+
+    mkstemp makes files 0600 and the rename keeps that, which locks other users (a WebUI running as another user,
+    a container) out of every caption, latent and LoRA. So: 0666 less the umask, or the mode `target` has now.
+    """
+    tmp = _create_unique(
+        lambda token: target.with_name(f".{target.name}.{token}.tmp"),
+        lambda path: os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)),
+    )
+    with contextlib.suppress(FileNotFoundError):
+        os.chmod(tmp, stat.S_IMODE(target.stat().st_mode))
+    return tmp
+
+
+def make_folder_beside(target: Path, tag: str) -> Path:
+    """A new, uniquely named hidden folder `.<name>.<tag>-<random>` beside `target`, to build in and rename into
+    place; made as mkdir makes folders (0777 less the umask), where mkdtemp would make it 0700 for good."""
+    return _create_unique(lambda token: target.with_name(f".{target.name}.{tag}-{token}"), os.mkdir)
+
+
+def _create_unique(name: Callable[[str], Path], create: Callable[[Path], object]) -> Path:
+    for _ in range(100):
+        path = name(secrets.token_hex(4))
+        try:
+            create(path)
+        except FileExistsError:
+            continue
+        return path
+    raise FileExistsError(f"Could not create a temporary name like {name('X')}")
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
@@ -47,6 +81,22 @@ def atomic_write_text(path: str | os.PathLike[str], text: str, encoding: str = "
 
 def atomic_write_json(path: str | os.PathLike[str], obj: Any, indent: int = 2) -> None:
     atomic_write_text(path, json.dumps(obj, indent=indent, ensure_ascii=False) + "\n")
+
+
+def check_writable(folder: str | os.PathLike[str], why: str) -> None:
+    """Raise OutputError naming `folder` unless a file can be created in it (or in the nearest existing folder
+    above it, where atomic_path would create it). Stages call this before any long work, so a read-only folder
+    fails in a second instead of after the model has run. `why` finishes the message: what was to be written."""
+    target = Path(folder).absolute()
+    while not target.exists() and target.parent != target:
+        target = target.parent
+    try:
+        with tempfile.TemporaryFile(dir=target):
+            pass
+    except OSError as e:
+        raise OutputError(
+            f"Cannot write in {target} ({e.strerror or e}): {why}. Make the folder writable or choose another one."
+        ) from e
 
 
 def check_safe_name(name: str, what: str = "name") -> str:

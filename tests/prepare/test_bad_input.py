@@ -16,6 +16,7 @@ from lib_sdtrain.errors import DatasetError
 from lib_sdtrain.prepare.buckets import BucketSettings
 from lib_sdtrain.prepare.latents import LatentCacheOptions, cache_latents
 from lib_sdtrain.prepare.report import TokenCounter, build_report, draw_bucket_histogram, scan_dataset
+from lib_sdtrain.utils.progress import CallbackProgress
 
 SETTINGS = BucketSettings((128, 128), 64, 256, 64)  # buckets 64x192, 64x256, 128x128, 192x64, 256x64
 MAX_PIXELS = 250 * 250  # "huge" means over this here; a real bomb is refused the same way at 179 Mpx
@@ -158,7 +159,100 @@ def test_same_stem_twice_keeps_the_first(tmp_path, tiny_vae_loaded):
     options = LatentCacheOptions(buckets=SETTINGS)
     result = cache_latents(folder, tmp_path / "meta.json", tmp_path / "lat.json", tiny_vae_loaded, options)
     assert [(r.path.name, r.error is None) for r in result.records] == [("cat.jpg", True), ("cat.png", False)]
-    assert "same name as cat.jpg" in result.records[1].error
+    assert "same name as cat.jpg" in result.records[1].error and "rename it" in result.records[1].error
     entry = json.loads((tmp_path / "lat.json").read_text())["cat"]
     assert entry == {"caption": "a cat", "train_resolution": [128, 128]}
     assert np.load(folder / "cat.npz")["latents"].shape == (4, 16, 16)
+
+
+# --- issue 10: bad numbers, empty and read-only folders, skipped files, warnings -----------------------------------
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "expected"),
+    [
+        ("--batch_size", "0", "--batch_size: must be at least 1, got 0"),
+        ("--max_data_loader_n_workers", "-1", "--max_data_loader_n_workers: must be at least 0, got -1"),
+        ("--bucket_reso_steps", "0", "--bucket_reso_steps: must be at least 1, got 0"),
+        ("--max_image_pixels", "-5", "--max_image_pixels: must be at least 1, got -5"),
+    ],
+)
+def test_buckets_refuses_bad_numbers(tmp_path, capsys, option, value, expected):
+    with pytest.raises(SystemExit) as exited:
+        main(["buckets", str(tmp_path), "in.json", "out.json", "model", option, value])
+    assert exited.value.code == 2 and expected in capsys.readouterr().err
+
+
+def test_buckets_on_a_folder_without_images_fails_before_the_vae(tmp_path, capsys):
+    (tmp_path / "meta_clean.json").write_text("{}")
+    argv = ["buckets", str(tmp_path), str(tmp_path / "meta_clean.json"), str(tmp_path / "meta_lat.json")]
+    assert main([*argv, str(tmp_path / "no-such-model")]) == 1
+    assert f"No images found in {tmp_path}" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["meta_clean.json"]  # no empty meta_lat.json
+
+
+def test_skipped_files_and_name_clashes_are_counted_and_named(corpus, tmp_path, tiny_vae_loaded):
+    (corpus / "anim.gif").write_bytes(b"GIF89a")
+    (corpus / "gone.png").symlink_to(corpus / "deleted.png")
+    Image.new("RGB", (64, 64)).save(corpus / "good.jpg")  # good.png is there: same stem
+    _merge, meta_clean, meta_lat, options = _run(corpus, tmp_path)
+    progress = CallbackProgress()
+    result = cache_latents(corpus, meta_clean, meta_lat, tiny_vae_loaded, options, progress)
+    assert any(m.startswith(f"skipped {corpus / 'anim.gif'}: .gif is not") for m in progress.messages)
+    clash = {r.path.name: r.error for r in result.records}["good.png"]  # good.jpg sorts first and is used
+    assert clash.startswith("same name as good.jpg") and "rename it, e.g. to good_png.png" in clash
+
+    report = build_report(corpus, result.records, SETTINGS, metadata=result.metadata)
+    assert {p.name for p in report.skipped} == {"anim.gif", "gone.png"}
+    assert "other file(s) skipped" in report.summary() and "2 other file(s) skipped" in report.summary()
+    assert report.problem_images()[str(corpus / "gone.png")].startswith("skipped: broken link")
+
+
+def test_report_warns_about_blank_captions_long_texts_and_extreme_crops(tmp_path, capsys):
+    folder = tmp_path / "data"
+    folder.mkdir()
+    Image.new("RGB", (128, 128)).save(folder / "fine.png")
+    Image.new("RGB", (128, 128)).save(folder / "blank.png")
+    Image.new("RGB", (128, 128)).save(folder / "wordy.png")
+    Image.new("RGB", (1280, 64)).save(folder / "pano.png")  # aspect 20 in a 256x64 bucket: 80% cut off
+    for name, text in (("fine", "a cat"), ("blank", "  \n"), ("wordy", "word " * 80), ("pano", "a street")):
+        (folder / f"{name}.caption").write_text(text)
+    (folder / "blank.txt").write_text("1girl")  # tags but no caption: a warning of its own
+    records = scan_dataset(folder, SETTINGS)
+    report = build_report(folder, records, SETTINGS)
+    assert report.without_caption == ["blank"] and [k for k, _ in report.long_texts] == ["wordy"]
+    assert [r.path.name for r in report.extreme_crops] == ["pano.png"]
+    assert report.warning_count() == 3
+    summary = report.summary()
+    assert "no caption, or an empty one: 1\n  blank.png" in summary
+    assert "pano.png: 1280x64 -> bucket 256x64, 80% cut off" in summary
+    assert "warnings: 3 (" in summary
+    problems = report.problem_images()
+    assert problems[str(folder / "blank.png")] == "no caption, or an empty one"
+    assert problems[str(folder / "pano.png")].endswith("80% cut off")
+
+    args = ["report", str(folder), "--max_resolution", "128,128", "--min_bucket_reso", "64", "--max_bucket_reso", "256"]
+    assert main(args) == 0
+    assert "warnings: 3 (" in capsys.readouterr().out
+
+
+def test_read_only_folders_fail_buckets_and_report_up_front(corpus, tmpfs, tmp_path, capsys):
+    from tests.mounts import remount_read_only
+
+    for name in ("good.png", "small.png", "good.caption"):
+        shutil.copy(corpus / name, tmpfs / name)
+    (tmp_path / "meta_clean.json").write_text('{"good": {"caption": "a picture of good"}}')
+    before = sorted(p.name for p in tmpfs.iterdir())
+    remount_read_only(tmpfs)
+    missing_model = str(tmp_path / "no-such-model")  # loaded first, the error would be about the model
+    for argv in (
+        ["buckets", str(tmpfs), str(tmp_path / "meta_clean.json"), str(tmp_path / "meta_lat.json"), missing_model],
+        ["report", str(tmpfs)],
+    ):
+        assert main(argv) == 1, argv
+        assert f"Cannot write in {tmpfs} (Read-only file system)" in capsys.readouterr().err
+    assert sorted(p.name for p in tmpfs.iterdir()) == before and not (tmp_path / "meta_lat.json").exists()
+
+    # the report goes beside the metadata: with that elsewhere it reads the read-only folder fine
+    assert main(["report", str(tmpfs), str(tmp_path / "meta_clean.json"), "--max_resolution", "128,128"]) == 0
+    assert (tmp_path / "meta_clean.report.txt").is_file()

@@ -1,11 +1,22 @@
 from __future__ import annotations
 
+import os
+import stat
 import threading
 
+import numpy as np
 import pytest
 
-from lib_sdtrain.errors import Cancelled
-from lib_sdtrain.utils.files import atomic_write_json, atomic_write_text, check_safe_name, resolve_inside
+from lib_sdtrain.errors import Cancelled, OutputError
+from lib_sdtrain.utils.files import (
+    atomic_path,
+    atomic_write_json,
+    atomic_write_text,
+    check_safe_name,
+    check_writable,
+    make_folder_beside,
+    resolve_inside,
+)
 from lib_sdtrain.utils.progress import CallbackProgress
 
 
@@ -28,6 +39,42 @@ def test_atomic_json_is_utf8_and_indented(tmp_path):
     path = tmp_path / "meta.json"
     atomic_write_json(path, {"img": {"caption": "café"}})
     assert path.read_text(encoding="utf-8") == '{\n  "img": {\n    "caption": "café"\n  }\n}\n'
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002])
+def test_written_files_get_the_mode_open_gives_under_the_umask(tmp_path, umask):
+    from lib_sdtrain.dataset.metadata import MergeOptions, merge_to_file
+
+    (tmp_path / "data").mkdir()
+    previous = os.umask(umask)
+    try:
+        (tmp_path / "data" / "a.png").write_bytes(b"not opened by merge")
+        atomic_write_text(tmp_path / "data" / "a.caption", "a cat")
+        with atomic_path(tmp_path / "data" / "a.npz") as tmp, open(tmp, "wb") as f:
+            np.savez(f, latents=np.zeros(2))
+        merge_to_file(tmp_path / "data", tmp_path / "out" / "meta_clean.json", MergeOptions())
+        with open(tmp_path / "plain.txt", "w") as f:  # what the others should match
+            f.write("x")
+        staging = make_folder_beside(tmp_path / "model", "partial")  # the demo builds its models in these
+    finally:
+        os.umask(previous)
+    assert staging.name.startswith(".model.partial-") and stat.S_IMODE(staging.stat().st_mode) == 0o777 & ~umask
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.rglob("*") if p.is_file()}
+    assert modes == dict.fromkeys(["a.png", "a.caption", "a.npz", "meta_clean.json", "plain.txt"], 0o666 & ~umask)
+
+    (tmp_path / "data" / "a.caption").chmod(0o640)  # replacing a file keeps its mode, as open() does
+    atomic_write_text(tmp_path / "data" / "a.caption", "a dog")
+    assert stat.S_IMODE((tmp_path / "data" / "a.caption").stat().st_mode) == 0o640
+
+
+def test_check_writable_names_the_folder(tmp_path, tmpfs):
+    from tests.mounts import remount_read_only
+
+    check_writable(tmp_path / "not" / "made" / "yet", "x")  # atomic_path would create it under tmp_path
+    remount_read_only(tmpfs)
+    with pytest.raises(OutputError, match=rf"Cannot write in {tmpfs} \(Read-only file system\): meta.json is"):
+        check_writable(tmpfs / "sub", "meta.json is written there")
+    assert list(tmpfs.iterdir()) == []
 
 
 @pytest.mark.parametrize("name", ["../evil", "a/b", "..", ".hidden", "", "a\\b", "x" * 200, "nul\x00"])

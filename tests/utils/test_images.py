@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lib_sdtrain.dataset.images import ImageLoadError, list_images, load_image_rgb
+from lib_sdtrain.dataset.images import ImageLoadError, dataset_images, list_images, load_image_rgb, scan_images
 from lib_sdtrain.errors import DatasetError
+from lib_sdtrain.utils.progress import CallbackProgress
 
 
 def test_modes_become_rgb(tmp_path):
@@ -63,3 +64,37 @@ def test_list_images(tmp_path):
     assert [p.name for p in list_images(tmp_path, recursive=True)] == ["a.jpg", "b.PNG", "c.webp"]
     with pytest.raises(DatasetError, match="not found"):
         list_images(tmp_path / "nope")
+
+
+def test_what_is_left_out_is_named_with_a_reason(tmp_path):
+    for name in ("a.png", "anim.gif", "scan.TIF", "photo.avif", "notes.txt", "a.caption"):
+        (tmp_path / name).write_bytes(b"x")
+    (tmp_path / "gone.png").symlink_to(tmp_path / "deleted.png")
+    (tmp_path / "folder.png").mkdir()
+    (tmp_path / "folder.png" / "inner.jpg").write_bytes(b"x")
+    listing = scan_images(tmp_path)
+    assert [p.name for p in listing.images] == ["a.png"]
+    reasons = {p.name: why for p, why in listing.skipped.items()}
+    assert set(reasons) == {"anim.gif", "scan.TIF", "photo.avif", "gone.png", "folder.png"}  # not notes.txt
+    assert "convert it to PNG" in reasons["anim.gif"] and ".tif is not" in reasons["scan.TIF"]
+    assert "pillow-avif-plugin" in reasons["photo.avif"]
+    assert reasons["gone.png"].startswith("broken link") and "deleted.png" in reasons["gone.png"]
+    assert reasons["folder.png"].startswith("a folder")
+    recursive = scan_images(tmp_path, recursive=True)  # the folder's images count then; it is not skipped
+    assert [p.name for p in recursive.images] == ["a.png", "inner.jpg"] and "folder.png" not in str(recursive.skipped)
+
+    progress = CallbackProgress()
+    assert dataset_images(tmp_path, progress=progress).images == listing.images
+    assert len(progress.messages) == 5 and all(m.startswith("skipped ") for m in progress.messages)
+    (tmp_path / "a.png").unlink()
+    with pytest.raises(DatasetError, match=r"No images found in .* \(5 file\(s\) skipped, see above\)"):
+        dataset_images(tmp_path)
+
+
+def test_same_name_images_are_named_with_what_to_rename(tmp_path):
+    for name in ("dup.jpg", "dup.png", "other.png"):
+        (tmp_path / name).write_bytes(b"x")
+    clashes = scan_images(tmp_path).name_clashes()
+    assert list(clashes) == [tmp_path / "dup.png"]
+    assert clashes[tmp_path / "dup.png"].startswith("same name as dup.jpg")
+    assert "rename it, e.g. to dup_png.png" in clashes[tmp_path / "dup.png"]
