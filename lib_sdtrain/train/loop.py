@@ -126,12 +126,7 @@ class Trainer:
         self.optimizer = make_optimizer(config.optimizer_type, groups, config.learning_rate)
 
         self.batches_per_epoch = len(self._epoch_batches(0))
-        steps_per_epoch = math.ceil(self.batches_per_epoch / config.gradient_accumulation_steps)
-        if config.max_train_epochs:
-            self.total_steps = config.max_train_epochs * steps_per_epoch
-        else:
-            self.total_steps = config.max_train_steps
-        self.num_epochs = math.ceil(self.total_steps / steps_per_epoch)
+        self.total_steps, self.num_epochs = step_plan(config, self.batches_per_epoch)
         self.lr_scheduler = make_lr_scheduler(
             config.lr_scheduler, self.optimizer, config.lr_warmup_steps, self.total_steps
         )
@@ -319,16 +314,7 @@ class Trainer:
         return text + f"; trains the {' and '.join(parts)})"
 
     def _data_line(self) -> str:
-        counts = Counter(item.key for item in self.items)
-        repeats = sorted(set(counts.values()))
-        shown = str(repeats[0]) if len(repeats) == 1 else f"{repeats[0]}-{repeats[-1]}"
-        buckets = len({item.bucket for item in self.items})
-        cached = all(item.latents_path is not None for item in self.items)
-        source = "cached latents" if cached else "images encoded by the VAE at each step"
-        return (
-            f"{_plural(len(counts), 'image')}, repeats {shown} ({len(self.items)} per epoch), "
-            f"{_plural(buckets, 'bucket')}, {source}"
-        )
+        return describe_items(self.items)
 
     def _rates(self) -> str:
         config = self.config
@@ -441,6 +427,27 @@ class Trainer:
                 self.save_training_state(f"-{number:06d}")
         if config.sample_every_n_epochs and number % config.sample_every_n_epochs == 0 and number < self.num_epochs:
             self._sample(f"e{number:06d}")
+
+
+def step_plan(config: TrainConfig, batches_per_epoch: int) -> tuple[int, int]:
+    """(total optimizer steps, epochs) as kohya counts them: max_train_epochs wins over max_train_steps."""
+    steps_per_epoch = math.ceil(batches_per_epoch / config.gradient_accumulation_steps)
+    total = config.max_train_epochs * steps_per_epoch if config.max_train_epochs else config.max_train_steps
+    return total, math.ceil(total / steps_per_epoch)
+
+
+def describe_items(items: list[data.TrainItem]) -> str:
+    """Images, repeats, buckets and where latents come from, in one line."""
+    counts = Counter(item.key for item in items)
+    repeats = sorted(set(counts.values()))
+    shown = str(repeats[0]) if len(repeats) == 1 else f"{repeats[0]}-{repeats[-1]}"
+    buckets = len({item.bucket for item in items})
+    cached = all(item.latents_path is not None for item in items)
+    source = "cached latents" if cached else "images encoded by the VAE at each step"
+    return (
+        f"{_plural(len(counts), 'image')}, repeats {shown} ({len(items)} per epoch), "
+        f"{_plural(buckets, 'bucket')}, {source}"
+    )
 
 
 def _plural(count: int, noun: str) -> str:

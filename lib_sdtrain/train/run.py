@@ -51,6 +51,20 @@ def list_states(output_dir: str | Path, output_name: str) -> list[Path]:
     return sorted(states, key=lambda p: p.stat().st_mtime, reverse=True)
 
 
+def plan_text(config: TrainConfig) -> str:
+    """What a run would do, read from the dataset without loading a model: for a "Check" before Start."""
+    from lib_sdtrain.train import data
+    from lib_sdtrain.train.loop import describe_items, step_plan
+
+    items = data.collect_items(config)
+    batches = len(data.epoch_batches(items, config.train_batch_size, config.seed, 0))
+    total, epochs = step_plan(config, batches)
+    return (
+        f"{describe_items(items)}\n{batches} batches per epoch (batch size {config.train_batch_size}), "
+        f"{epochs} epochs, {total} steps\nOutput: {Path(config.output_dir) / config.output_name}.safetensors"
+    )
+
+
 def run_training(config: TrainConfig, progress: Progress) -> dict[str, Any]:
     """Train, then put what was saved where the host uses it (train/register.py), also after a cancel or an error
     that left a save; the exception's message then says where it went."""

@@ -195,6 +195,7 @@ def build(host, dataset_folder, lora_name, trigger_word, model_choices: list[str
         config_message = gr.HTML(elem_id="sdtrain_config_message")
 
     with gr.Row():
+        check = gr.Button("Check", elem_id="sdtrain_check")
         start = gr.Button("Start training", variant="primary", elem_id="sdtrain_start")
         cancel = gr.Button("Cancel", variant="stop", elem_id="sdtrain_cancel")
         state = gr.Dropdown(label="Saved states of this output", choices=[], allow_custom_value=True,
@@ -236,6 +237,20 @@ def build(host, dataset_folder, lora_name, trigger_word, model_choices: list[str
         return message_html(f"Started {job.title}: {values.get('output_name')} from {values.get('train_data_dir')}.",
                             "ok")  # fmt: skip
 
+    def check_run(*args):
+        """The same checks as Start, then what the run would do (images, buckets, steps), without starting it."""
+        from lib_sdtrain.jobs import STAGES
+        from lib_sdtrain.train.config import load_config
+        from lib_sdtrain.train.run import plan_text
+
+        try:
+            values = values_of(*args)
+            STAGES["train"].check(dict(values))
+            return message_html(plan_text(load_config(None, values)))
+        except Exception as e:
+            return error_for(e)
+
+    check.click(check_run, all_inputs, [message])
     start.click(start_run, all_inputs, [message])
     resume.click(lambda s, *a: start_run(*a, resume_from=s or ""), [state, *all_inputs], [message])
     cancel.click(lambda: _cancel_message(), None, [message])

@@ -132,6 +132,11 @@ def test_from_images_to_a_lora_by_clicking(app, page, shot):
     page.click("#sdtrain_apply_preset")
     wait_js(page, "() => document.querySelector('#sdtrain_opt_network_dim input').value === '8'")
     set_value(page, "sdtrain_opt_max_train_steps", 200)
+    page.click("#sdtrain_check")  # what the run will do, before it starts: 12 images, 3 buckets, 200 steps
+    wait_text(page, "#sdtrain_train_message", "200 steps")
+    assert "12 images" in text_of(page, "#sdtrain_train_message") and "3 buckets" in text_of(
+        page, "#sdtrain_train_message"
+    )
     shot(page, "train-form")
     page.click("#sdtrain_start")
     wait_text(page, "#sdtrain_train_message", "Started")
