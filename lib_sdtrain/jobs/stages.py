@@ -221,6 +221,10 @@ def _check_train(options: dict[str, Any]) -> Work:
 
     options = {k: v for k, v in options.items() if v is not None and v != ""}
     config_file = options.pop("config_file", None)
+    if not config_file:  # kohya's default "output" would land in the server's working folder
+        from lib_sdtrain import host
+
+        options.setdefault("output_dir", str(host.current().output_dir()))
     check_paths({"config_file": config_file, **options})
     try:
         config = load_config(config_file, options)

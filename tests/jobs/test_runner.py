@@ -110,3 +110,13 @@ def test_an_error_inside_a_job_is_a_message_and_the_runner_goes_on(jobs, tmp_pat
     report = jobs.start("report", {"train_data_dir": str(folder)})
     assert finished(report)["status"] == DONE
     assert finished(jobs.start("tag", {"train_data_dir": str(folder), "model_dir": str(tmp_path)}))["status"] == FAILED
+
+
+def test_a_job_without_output_dir_writes_to_the_hosts_output_folder(jobs, tiny_sd_dir, sks_dataset, standalone_home):  # noqa: F811
+    from lib_sdtrain.host import standalone
+
+    settings = train_settings(tiny_sd_dir, sks_dataset, "unused", max_train_steps=2)
+    del settings["output_dir"]
+    snap = finished(jobs.start("train", settings))
+    assert snap["status"] == DONE, snap["error"]
+    assert Path(snap["result"]["output"]).parent == standalone.output_dir()
