@@ -49,7 +49,11 @@ def build_ui(host, css: str | None = None) -> gr.Blocks:
 
         finished = gr.Textbox(visible=False, elem_id="sdtrain_finished")
         seen = gr.State({})
-        blocks.load(monitor.poll, [seen], [header, *train.monitor, finished, seen], every=monitor.POLL_SECONDS)
+        # "hidden": a poll every second must not make every output it updates flash as "pending".
+        blocks.load(
+            monitor.poll, [seen], [header, *train.monitor, finished, seen], every=monitor.POLL_SECONDS,
+            show_progress="hidden",
+        )  # fmt: skip
         cancel.click(train_tab._cancel_message, None, [header_message])
 
         # The page is built once per server; what is on disk changes. Each page load lists it afresh.
@@ -74,6 +78,7 @@ def build_ui(host, css: str | None = None) -> gr.Blocks:
             return updates + [_notice_text(host, models) for _ in notice_fields]
 
         blocks.load(on_load, choice_fields, choice_fields + notice_fields)
+        blocks.load(train.restore, None, train.restore_outputs)
 
         def after_job(job_id):
             """A job just finished: show what it changed."""

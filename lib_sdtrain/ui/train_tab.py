@@ -31,6 +31,8 @@ class TrainControls:
     monitor: list  # progress, loss chart, samples, log, result
     preset: gr.Dropdown
     prompts: gr.Textbox
+    restore: Any  # () -> updates of `restore_outputs`: the last run's settings back in the form
+    restore_outputs: list
 
 
 def user_preset_dir(host) -> Path:
@@ -330,7 +332,17 @@ def build(host, dataset_folder, lora_name, trigger_word, model_choices: list[str
     lora_name.change(lambda n: n or "", [lora_name], [form.components["output_name"]])
     trigger_word.change(lambda t: t or "", [trigger_word], [form.components["trigger_word"]])
 
-    return TrainControls(form, [progress, loss_plot, samples, log, result], preset, prompts)
+    def restore_last_run():
+        """A page (re)loaded while a training runs, or after one, shows that run's settings, not the defaults:
+        a reload or a failed run never loses the form."""
+        job = runner().current("train")
+        if job is None:
+            return [gr.update()] * (len(inputs) + 1)
+        known = {k: v for k, v in job.options.items() if k in form.components}
+        return [gr.update(value=mode_of(job.options)), *form.updates(known, reset=True)]
+
+    return TrainControls(form, [progress, loss_plot, samples, log, result], preset, prompts, restore_last_run,
+                         [mode, *inputs])  # fmt: skip
 
 
 def _cancel_message() -> str:

@@ -150,6 +150,8 @@ def test_from_images_to_a_lora_by_clicking(app, page, shot):
     page.reload()
     open_tab(page, "3. Train")
     wait_text(page, "#sdtrain_status", "Training · running")
+    # The form shows the running job's settings again, not the defaults.
+    wait_js(page, "() => document.querySelector('#sdtrain_opt_max_train_steps input').value === '200'")
     wait_js(page, "() => /training · \\d+\\//.test(document.querySelector('#sdtrain_train_progress').innerText)")
     before = current_step(page)
     wait_js(
