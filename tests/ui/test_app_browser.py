@@ -79,7 +79,7 @@ def gallery_images(page, elem_id: str) -> list[np.ndarray]:
     return arrays
 
 
-def test_from_images_to_a_lora_by_clicking(app, page, shot):
+def test_from_images_to_a_lora_by_clicking(app, browser, page, shot):
     page.goto(app.url)
     wait_text(page, "#sdtrain_status", "No job running")
     wait_text(page, "#sdtrain_demo_notice", "No Stable Diffusion model found")
@@ -161,6 +161,11 @@ def test_from_images_to_a_lora_by_clicking(app, page, shot):
         arg=before,
     )
     shot(page, "after-reload")
+    # A second browser sees the same job.
+    other = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
+    other.goto(app.url)
+    wait_text(other, "#sdtrain_status", "Training · ")
+    other.context.close()
     wait_job(page, "Training")
     wait_text(page, "#sdtrain_result", "demo.safetensors")
     page.wait_for_selector("#sdtrain_loss_plot canvas, #sdtrain_loss_plot svg")
