@@ -129,18 +129,7 @@ delete elements["img2img_lora_extra_refresh_internal"];
 sdtrainRefreshLoraCards();
 console.log(JSON.stringify({ clicks, out }));
 """
-    runner = tmp_path / "run.js"
-    runner.write_text(page)
-    try:
-        result = subprocess.run(
-            ["node", str(runner), str(ROOT / "javascript" / "sdtrain.js")], capture_output=True, text=True, timeout=30
-        )
-    except FileNotFoundError:
-        pytest.skip("node is not installed")
-    assert result.returncode == 0, result.stderr
-    import json
-
-    data = json.loads(result.stdout)
+    data = run_with_sdtrain_js(tmp_path, page)
     assert data["out"] == ["a", 1]
     assert data["clicks"] == [
         "txt2img_lora_extra_refresh_internal:click",
@@ -175,18 +164,7 @@ for (const value of ["", "", "report-1-17", "train-2-17", "train-2-17", "caption
 }
 console.log(JSON.stringify({ registered: callbacks.length, counts }));
 """
-    runner = tmp_path / "watch.js"
-    runner.write_text(page)
-    try:
-        result = subprocess.run(
-            ["node", str(runner), str(ROOT / "javascript" / "sdtrain.js")], capture_output=True, text=True, timeout=30
-        )
-    except FileNotFoundError:
-        pytest.skip("node is not installed")
-    assert result.returncode == 0, result.stderr
-    import json
-
-    data = json.loads(result.stdout)
+    data = run_with_sdtrain_js(tmp_path, page)
     assert data == {"registered": 1, "counts": [0, 0, 0, 2, 2, 2, 4]}
 
 
@@ -195,3 +173,20 @@ def test_css_rules_are_scoped_to_sdtrain_classes():
     body = "\n".join(line for line in css.splitlines() if not line.strip().startswith("/*"))
     selectors = [chunk.split("{")[0].strip() for chunk in body.split("}") if "{" in chunk]
     assert selectors and all(s.startswith((".sdtrain-", "#sdtrain")) for s in selectors)
+
+
+def run_with_sdtrain_js(tmp_path, page: str) -> dict:
+    """Run `page` (JavaScript that stands in for the WebUI page, loads javascript/sdtrain.js from argv[2] and
+    prints JSON) in node; its JSON output."""
+    import json
+
+    runner = tmp_path / "page.js"
+    runner.write_text(page)
+    try:
+        result = subprocess.run(
+            ["node", str(runner), str(ROOT / "javascript" / "sdtrain.js")], capture_output=True, text=True, timeout=30
+        )
+    except FileNotFoundError:
+        pytest.skip("node is not installed")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
