@@ -22,9 +22,18 @@ IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp"})
 UNSUPPORTED_IMAGE_EXTENSIONS = frozenset(
     {".gif", ".tif", ".tiff", ".avif", ".heic", ".heif", ".jxl", ".svg", ".ico", ".psd", ".jp2"}
 )
-# The dataset report's bucket chart is written next to the metadata, which users keep in the image folder (the
-# tutorial does): it must never be captioned, tagged or trained on.
+# The dataset report's bucket chart goes with the metadata, which users keep in the image folder (the tutorial
+# does), so it lives in the hidden SIDE_FOLDER there: kohya's trainers list `*.png` of an image folder (not of its
+# sub-folders) and skip a train_data_dir sub-folder without a repeat count. Charts that older versions wrote beside
+# the metadata (`<name>.buckets.png`) are still left out of every listing.
+SIDE_FOLDER = ".sdtrain"
 REPORT_IMAGE_SUFFIX = ".buckets.png"
+
+
+def report_chart_path(folder: Path, name: str) -> Path:
+    return folder / SIDE_FOLDER / f"{name}{REPORT_IMAGE_SUFFIX}"
+
+
 # Pillow's own guard (about 179 Mpx) warns first and fails only at twice that; we refuse at the limit itself.
 MAX_IMAGE_PIXELS = 178_956_970
 
@@ -144,7 +153,7 @@ def scan_images(folder: str | Path, recursive: bool = False) -> ImageListing:
     images, skipped = [], {}
     for path in sorted(root.glob("**/*" if recursive else "*")):
         suffix = path.suffix.lower()
-        if path.name.lower().endswith(REPORT_IMAGE_SUFFIX):
+        if path.name.lower().endswith(REPORT_IMAGE_SUFFIX) or SIDE_FOLDER in path.relative_to(root).parts:
             continue
         if suffix in usable and path.is_file():
             images.append(path)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lib_sdtrain.dataset.images import dataset_images
+from lib_sdtrain.dataset.images import IMAGE_EXTENSIONS, dataset_images
 from lib_sdtrain.errors import ConfigError, DatasetError
 from lib_sdtrain.utils.files import atomic_write_json, check_writable
 from lib_sdtrain.utils.progress import Progress
@@ -58,6 +58,34 @@ def read_caption_file(path: Path) -> tuple[str, str | None]:
 
 def image_key(image_path: Path, full_path: bool) -> str:
     return str(image_path) if full_path else image_path.stem
+
+
+def is_path_key(key: str) -> bool:
+    """A key written with --full_path (the image's path, extension included) rather than a file stem."""
+    return "/" in key or "\\" in key or Path(key).suffix.lower() in IMAGE_EXTENSIONS
+
+
+def check_key_style(metadata: Metadata, source: str | Path, full_path: bool) -> None:
+    """A DatasetError unless every key of `metadata` is in the style `full_path` asks for. Keys by path and by
+    file name for the same image would be two entries: one image trained twice, once without its caption."""
+    paths = [key for key in metadata if is_path_key(key)]
+    names = [key for key in metadata if not is_path_key(key)]
+    again = "Run merge again into a new file, with --full_path or without it throughout"
+    if paths and names:
+        raise DatasetError(
+            f"{source} mixes image keys by path ({len(paths)}, e.g. {paths[0]!r}: written with --full_path) and by "
+            f"file name ({len(names)}, e.g. {names[0]!r}: written without it). {again}."
+        )
+    if paths and not full_path:
+        raise DatasetError(
+            f"{source} keys images by path (e.g. {paths[0]!r}): it was written with --full_path. "
+            f"Use --full_path here too, or: {again}."
+        )
+    if names and full_path:
+        raise DatasetError(
+            f"{source} keys images by file name (e.g. {names[0]!r}): it was written without --full_path. "
+            f"Leave out --full_path here, or: {again}."
+        )
 
 
 def load_metadata(path: str | Path) -> Metadata:
@@ -288,6 +316,8 @@ def merge_to_file(
     check_writable(out_json.parent, f"{out_json.name} is written there")
     source = Path(in_json) if in_json else (out_json if out_json.is_file() else None)
     metadata = load_metadata(source) if source else {}
+    if source:
+        check_key_style(metadata, source, options.full_path)
     result = merge_captions_and_tags(train_dir, metadata, options, progress)
     atomic_write_json(out_json, result.metadata, indent=2)
     return result

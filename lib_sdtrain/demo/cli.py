@@ -50,7 +50,8 @@ def next_commands(paths, output_dir: Path) -> list[str]:
         f"sdtrain buckets {data} {clean} {lat} {model} --max_resolution 96,96 --min_bucket_reso 64 "
         "--max_bucket_reso 128 --bucket_reso_steps 16",
         f"sdtrain train --pretrained_model_name_or_path {model} --train_data_dir {data} --in_json {lat} "
-        "--resolution 96,96 --network_module networks.lora --network_dim 8 --network_alpha 8 "
+        "--resolution 96,96 --min_bucket_reso 64 --max_bucket_reso 128 --bucket_reso_steps 16 "
+        "--network_module networks.lora --network_dim 8 --network_alpha 8 "
         "--learning_rate 1e-3 --train_batch_size 2 --max_train_steps 60 "
         f"--output_dir {shlex.quote(str(output_dir))} --output_name demo-lora",
         "sdtrain ui   (the Generate tab tries the LoRA)",

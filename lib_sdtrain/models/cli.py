@@ -12,8 +12,9 @@ DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 def register_cli(subparsers: argparse._SubParsersAction) -> None:
     inspect = subparsers.add_parser(
         "inspect",
-        help="show what a model file or folder contains",
-        description="Load a Stable Diffusion model (single file, diffusers folder or hub id) and describe it.",
+        help="show what a model or LoRA file contains",
+        description="Describe a Stable Diffusion model (single file, diffusers folder or hub id; loaded), or a "
+        "kohya-format LoRA/LoCon file (type, dim/alpha, modules, base model, training summary from its metadata).",
     )
     _add_model_arguments(inspect)
     inspect.set_defaults(handler=run_inspect)
@@ -46,6 +47,11 @@ def _load(args: argparse.Namespace):
 
 
 def run_inspect(args: argparse.Namespace) -> int:
+    from lib_sdtrain.train.network.describe import describe_lora, is_lora_file
+
+    if is_lora_file(args.model):
+        print(describe_lora(args.model))
+        return 0
     started = time.perf_counter()
     model = _load(args)
     seconds = time.perf_counter() - started

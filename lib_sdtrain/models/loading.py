@@ -39,6 +39,7 @@ CACHED_TOKENIZERS: dict[str, list[tuple[str, str]]] = {
     "sd1": [("openai/clip-vit-large-patch14", ""), ("runwayml/stable-diffusion-v1-5", "tokenizer")],
     "sd2": [("stabilityai/stable-diffusion-2-1", "tokenizer"), ("stabilityai/stable-diffusion-2", "tokenizer")],
 }
+_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")  # `out/x.safetensors` is a missing file, not a hub id
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _SCHEDULER_KEYS = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule")
 
@@ -65,7 +66,7 @@ def load_sd_model(
                 "Choose a .safetensors/.ckpt file or a diffusers model folder."
             )
         return load_diffusers(str(path), tokenizer=tokenizer, prediction_type=prediction_type, dtype=dtype)
-    if _HUB_ID.match(str(source)) and not str(source).startswith((".", "/")):
+    if _HUB_ID.match(str(source)) and not str(source).startswith((".", "/")) and path.suffix not in _FILE_SUFFIXES:
         return load_diffusers(str(source), tokenizer=tokenizer, prediction_type=prediction_type, dtype=dtype)
     raise ModelLoadError(f"Model not found: {source} (not a file, not a folder, not a hub id like owner/name)")
 

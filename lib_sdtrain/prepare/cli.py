@@ -58,8 +58,9 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     report = subparsers.add_parser(
         "report",
         help="check a dataset: unreadable, upscaled and duplicate images, long captions, bucket histogram",
-        description="Check every image without encoding anything; write <metadata>.report.txt and "
-        "<metadata>.buckets.png next to the metadata (or dataset.* in the image folder) and print the summary.",
+        description="Check every image without encoding anything; write <metadata>.report.txt next to the metadata "
+        "and the bucket chart as .sdtrain/<metadata>.buckets.png there (without metadata: dataset.* in the image "
+        "folder) and print the summary.",
     )
     report.add_argument("train_data_dir", type=Path, help="folder with the images")
     report.add_argument(
@@ -192,7 +193,7 @@ def run_buckets(args: argparse.Namespace, progress: Progress | None = None) -> d
         f"latents: {result.encoded} written, {result.skipped_existing} already cached; "
         f"{len(result.added_keys)} image(s) had no metadata entry (added with train_resolution only)"
     )
-    progress.message(f"wrote {args.out_json}, {done.report_path.name}, {done.histogram_path.name}")
+    progress.message(f"wrote {args.out_json}, {done.report_path}, {done.histogram_path}")
     return {
         "metadata": str(args.out_json),
         "encoded": result.encoded,
@@ -213,8 +214,8 @@ def _report_result(report, text_path: Path, histogram_path: Path) -> dict[str, A
 
 
 def run_report(args: argparse.Namespace, progress: Progress | None = None) -> dict[str, Any]:
-    from lib_sdtrain.dataset.images import REPORT_IMAGE_SUFFIX
-    from lib_sdtrain.dataset.metadata import load_metadata
+    from lib_sdtrain.dataset.images import report_chart_path
+    from lib_sdtrain.dataset.metadata import check_key_style, load_metadata
     from lib_sdtrain.prepare.report import build_report, scan_dataset
     from lib_sdtrain.utils.files import check_writable
     from lib_sdtrain.utils.progress import TqdmProgress
@@ -224,8 +225,11 @@ def run_report(args: argparse.Namespace, progress: Progress | None = None) -> di
     settings = _bucket_settings(args)
     folder, name = (args.metadata.parent, args.metadata.stem) if args.metadata else (args.train_data_dir, "dataset")
     if folder.is_dir():  # a missing image folder gets its own message below
-        check_writable(folder, f"{name}.report.txt and {name}{REPORT_IMAGE_SUFFIX} are written there")
+        chart = report_chart_path(Path(), name)
+        check_writable(folder, f"{name}.report.txt and {chart} are written there")
     metadata = load_metadata(args.metadata) if args.metadata else None
+    if metadata is not None:
+        check_key_style(metadata, args.metadata, args.full_path)
     records = scan_dataset(
         args.train_data_dir,
         settings,

@@ -25,7 +25,7 @@ import torch
 from PIL import Image
 
 from lib_sdtrain.dataset.images import MAX_IMAGE_PIXELS, ImageListing, dataset_images
-from lib_sdtrain.dataset.metadata import Metadata, check_recursive_keys, image_key, load_metadata
+from lib_sdtrain.dataset.metadata import Metadata, check_key_style, check_recursive_keys, image_key, load_metadata
 from lib_sdtrain.errors import Cancelled, DatasetError
 from lib_sdtrain.prepare.buckets import BucketAssigner, BucketSettings, Size, crop_ltrb
 from lib_sdtrain.prepare.scan import ImageRecord, inspect_image, prefetch
@@ -235,11 +235,6 @@ def cache_latents(
     for record in result.records:
         if record.error is not None and record.key not in used_keys:
             metadata.pop(record.key, None)
-    if result.added_keys and any(("/" in key or "\\" in key) for key in metadata) and not options.full_path:
-        result.notes.append(
-            f"{len(result.added_keys)} image(s) were not in {in_json}, whose keys look like paths: "
-            "was it written with --full_path? Then use --full_path here too."
-        )
     atomic_write_json(out_json, metadata, indent=2)
     return result
 
@@ -258,6 +253,7 @@ def check_latent_inputs(
     listing = dataset_images(train_dir, options.recursive, progress, writable=True)
     if not Path(in_json).is_file():
         raise DatasetError(f"Metadata file not found: {in_json}. Run `merge` first to write it.")
+    check_key_style(load_metadata(in_json), in_json, options.full_path)
     check_writable(Path(out_json).parent, f"{Path(out_json).name} and the dataset report are written there")
     return listing
 

@@ -2,7 +2,8 @@
 
 Counts, unreadable files with reasons, upscaled images (smaller than their bucket), byte-identical duplicates,
 training texts longer than CLIP's 75 tokens, and the bucket histogram as a PNG. Written next to the metadata as
-`<name>.report.txt` and `<name>.buckets.png`; the CLI prints the summary.
+`<name>.report.txt` and `.sdtrain/<name>.buckets.png` (out of other tools' image listings); the CLI prints the
+summary.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
 
-from lib_sdtrain.dataset.images import MAX_IMAGE_PIXELS, REPORT_IMAGE_SUFFIX, dataset_images, scan_images
+from lib_sdtrain.dataset.images import MAX_IMAGE_PIXELS, dataset_images, report_chart_path, scan_images
 from lib_sdtrain.dataset.metadata import Metadata, check_recursive_keys, image_key, read_caption_file
 from lib_sdtrain.prepare.buckets import BucketAssigner, BucketSettings, Size
 from lib_sdtrain.prepare.scan import ImageRecord, inspect_image, prefetch
@@ -177,9 +178,9 @@ class DatasetReport:
         return "\n".join(lines)
 
     def write(self, folder: Path, name: str) -> tuple[Path, Path]:
-        """Write `<name>.report.txt` and `<name>.buckets.png` into `folder` (atomically)."""
+        """Write `<name>.report.txt` and the chart `.sdtrain/<name>.buckets.png` into `folder` (atomically)."""
         text_path = folder / f"{name}.report.txt"
-        png_path = folder / f"{name}{REPORT_IMAGE_SUFFIX}"
+        png_path = report_chart_path(folder, name)
         atomic_write_text(text_path, self.summary() + "\n")
         chart = draw_bucket_histogram(self.bucket_counts, f"{len(self.readable)} images in {self.train_dir.name}")
         with atomic_path(png_path) as tmp:

@@ -11,6 +11,7 @@ from lib_sdtrain.errors import Cancelled, ModelLoadError
 from lib_sdtrain.host.types import LOADED_CHECKPOINT
 from lib_sdtrain.train.config import TrainConfig, config_values
 from lib_sdtrain.train.register import CANCELLED, DONE, FAILED, PREFERRED_WEIGHT, Registered, register_run, summarize
+from lib_sdtrain.train.safe_save import check_output_writable
 from lib_sdtrain.utils.files import atomic_write_text
 from lib_sdtrain.utils.progress import Progress
 
@@ -77,6 +78,7 @@ def run_training(config: TrainConfig, progress: Progress) -> dict[str, Any]:
         model = host.load_webui_model()
         if model is None:
             raise ModelLoadError("No checkpoint is loaded in the WebUI. Load one, or choose a model file.")
+    check_output_writable(config.output_dir, config.output_name)  # before the run config is written there
     config_path = save_run_config(config)
     progress.message(f"Run config saved as {config_path}")
     trainer = Trainer(config, model, progress)

@@ -41,11 +41,15 @@ def save_state(
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_file({k: v.detach().cpu().contiguous() for k, v in trainable.items()}, str(tmp / "trainable.safetensors"))
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-    torch.save(lr_scheduler.state_dict(), tmp / "scheduler.pt")
-    torch.save(rng_state(generators), tmp / "rng.pt")
-    atomic_write_json(tmp / "train_state.json", asdict(position))
+    try:
+        save_file({k: v.detach().cpu().contiguous() for k, v in trainable.items()}, str(tmp / "trainable.safetensors"))
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save(lr_scheduler.state_dict(), tmp / "scheduler.pt")
+        torch.save(rng_state(generators), tmp / "rng.pt")
+        atomic_write_json(tmp / "train_state.json", asdict(position))
+    except BaseException:  # a full disk: leave no half-written state taking the room a rescue needs
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if folder.exists():
         old = folder.with_name(folder.name + ".old")
         shutil.rmtree(old, ignore_errors=True)

@@ -127,7 +127,7 @@ def test_report_cli_reads_sidecars_and_counts_tokens(corpus, tmp_path, tiny_toke
     printed = capsys.readouterr().out
     assert "4 unreadable" in printed and "counted in CLIP tokens" in printed
     assert "cmyk.caption: not UTF-8, read as cp1252" in printed
-    assert (corpus / "dataset.report.txt").is_file() and (corpus / "dataset.buckets.png").is_file()
+    assert (corpus / "dataset.report.txt").is_file() and (corpus / ".sdtrain" / "dataset.buckets.png").is_file()
 
     assert main(["report", str(tmp_path / "missing")]) == 1
     assert "Image folder not found" in capsys.readouterr().err
@@ -256,3 +256,48 @@ def test_read_only_folders_fail_buckets_and_report_up_front(corpus, tmpfs, tmp_p
     # the report goes beside the metadata: with that elsewhere it reads the read-only folder fine
     assert main(["report", str(tmpfs), str(tmp_path / "meta_clean.json"), "--max_resolution", "128,128"]) == 0
     assert (tmp_path / "meta_clean.report.txt").is_file()
+
+
+def test_mixed_key_styles_are_refused_before_the_vae(tmp_path, capsys):
+    """merge --full_path then buckets without it (or the reverse) would train one image twice, once uncaptioned."""
+    folder = tmp_path / "data"
+    folder.mkdir()
+    Image.new("RGB", (128, 128)).save(folder / "cat.png")
+    (folder / "cat.caption").write_text("a cat")
+    meta, missing_model = tmp_path / "meta_clean.json", str(tmp_path / "no-such-model")
+    assert main(["merge", str(folder), str(meta), "--full_path"]) == 0
+    buckets = ["buckets", str(folder), str(meta), str(tmp_path / "meta_lat.json"), missing_model]
+    assert main(buckets) == 1
+    assert f"{meta} keys images by path (e.g. '{folder / 'cat.png'}')" in capsys.readouterr().err
+    assert main(["merge", str(folder), str(meta)]) == 1  # merging into it without --full_path
+    assert "written with --full_path" in capsys.readouterr().err
+    assert json.loads(meta.read_text()) == {str(folder / "cat.png"): {"caption": "a cat"}}  # unchanged
+
+    meta.write_text(json.dumps({"cat": {"caption": "a cat"}, str(folder / "cat.png"): {}}))
+    for argv in (buckets, [*buckets, "--full_path"], ["report", str(folder), str(meta)]):
+        assert main(argv) == 1, argv
+        err = capsys.readouterr().err
+        assert f"{meta} mixes image keys by path (1, e.g." in err and "by file name (1, e.g. 'cat'" in err
+    assert main(["merge", str(folder), str(tmp_path / "by_name.json")]) == 0
+    assert main([*buckets[:2], str(tmp_path / "by_name.json"), *buckets[3:], "--full_path"]) == 1
+    assert "keys images by file name (e.g. 'cat'): it was written without --full_path" in capsys.readouterr().err
+    assert not (tmp_path / "meta_lat.json").exists()
+
+
+def test_the_bucket_chart_stays_out_of_image_listings(tmp_path, tiny_vae_loaded):
+    """The chart goes into the metadata folder's .sdtrain/ (kohya lists *.png of the image folder only); a chart an
+    older version left beside the metadata is ignored too, also with --recursive."""
+    from lib_sdtrain.dataset.images import scan_images
+
+    folder = tmp_path / "data"
+    folder.mkdir()
+    Image.new("RGB", (128, 128)).save(folder / "cat.png")
+    Image.new("RGB", (64, 64)).save(folder / "meta_lat.buckets.png")  # an old version's chart
+    (folder / "meta_clean.json").write_text('{"cat": {"caption": "a cat"}}')
+    options = LatentCacheOptions(buckets=SETTINGS)
+    cache_latents(folder, folder / "meta_clean.json", folder / "meta_lat.json", tiny_vae_loaded, options)
+    assert main(["report", str(folder), str(folder / "meta_lat.json"), "--max_resolution", "128,128"]) == 0
+    assert (folder / ".sdtrain" / "meta_lat.buckets.png").is_file()
+    assert sorted(p.name for p in folder.glob("*.png")) == ["cat.png", "meta_lat.buckets.png"]  # nothing new
+    for recursive in (False, True):
+        assert [p.name for p in scan_images(folder, recursive).images] == ["cat.png"]

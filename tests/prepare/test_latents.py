@@ -174,7 +174,7 @@ def test_buckets_cli(dataset, tiny_sd_dir, capsys):
     assert "images: 4 found, 4 usable, 0 unreadable" in printed
     assert "counted in CLIP tokens" in printed  # the model folder's tokenizer was used
     assert (folder / "meta_lat.report.txt").is_file()
-    assert Image.open(folder / "meta_lat.buckets.png").size[0] > 300
+    assert Image.open(folder / ".sdtrain" / "meta_lat.buckets.png").size[0] > 300
     assert json.loads(out_json.read_text())["tall"]["train_resolution"] == [64, 192]
     with np.load(folder / "tall.npz") as npz:
         assert npz["latents"].dtype == np.float32 and npz["latents_flipped"].shape == (4, 24, 8)
@@ -208,8 +208,8 @@ def test_full_path_keys_and_subfolders(dataset, tiny_vae_loaded):
 
     with pytest.raises(ConfigError, match="--full_path"):
         cache_latents(folder, in_json, out_json, tiny_vae_loaded, _options(recursive=True))
-    result = cache_latents(folder, in_json, out_json, tiny_vae_loaded, _options())
-    assert any("look like paths" in note for note in result.notes)
+    with pytest.raises(DatasetError, match=r"keys images by path .*Use --full_path here too"):
+        cache_latents(folder, in_json, out_json, tiny_vae_loaded, _options())
 
 
 def test_job_with_a_loaded_vae_and_fp16_on_cpu(dataset, tiny_vae_loaded):
@@ -222,5 +222,5 @@ def test_job_with_a_loaded_vae_and_fp16_on_cpu(dataset, tiny_vae_loaded):
         folder, in_json, out_json, vae, _options(), mixed_precision="fp16", device="cpu", progress=progress
     )
     assert "float32 on the CPU" in progress.messages[0]
-    assert done.result.encoded == 4 and done.histogram_path == folder.parent / "meta_lat.buckets.png"
+    assert done.result.encoded == 4 and done.histogram_path == folder.parent / ".sdtrain" / "meta_lat.buckets.png"
     assert done.report_path.read_text(encoding="utf-8").startswith(f"Dataset report for {folder}")
