@@ -25,7 +25,7 @@ Work = Callable[[Progress], dict[str, Any]]
 # Options naming files or folders. Where a hub id is also allowed, only values that look like paths are checked.
 PATH_OPTIONS = frozenset(
     {"train_data_dir", "out_json", "in_json", "metadata", "model_dir", "output_dir", "sample_prompts", "resume",
-     "network_weights", "logging_dir", "config_file"}
+     "network_weights", "logging_dir", "config_file", "dataset_config", "reg_data_dir"}
 )  # fmt: skip
 PATH_OR_HUB_OPTIONS = frozenset(
     {"model", "caption_weights", "blip_processor", "tokenizer", "pretrained_model_name_or_path"}
@@ -237,7 +237,10 @@ def _check_train(options: dict[str, Any]) -> Work:
         problem = host.current().loaded_model_problem()
         if problem:
             raise InputError("pretrained_model_name_or_path", problem)
-    if not config.in_json:
+    if config.dataset_config:
+        if not Path(config.dataset_config).is_file():
+            raise InputError("dataset_config", f"The dataset config {config.dataset_config} does not exist.")
+    elif not config.in_json:
         check_image_folder("train_data_dir", config.train_data_dir, recursive=True)
     elif not Path(config.in_json).is_file():
         raise InputError("in_json", f"The metadata file {config.in_json} does not exist; run Prepare first.")

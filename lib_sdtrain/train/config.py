@@ -20,6 +20,39 @@ import tomllib
 
 from lib_sdtrain.errors import ConfigError
 
+# kohya (and kohya_ss GUI) keys SD-Train does not implement, accepted only at the values that change nothing
+# (kohya's or the GUI's defaults), so GUI-written configs load; () accepts any value (speed-only, or used only by a
+# feature that is off). Any other value is refused naming the key. Also reported as unused, as IGNORED_KEYS are.
+DEFAULT_ONLY_KEYS: dict[str, tuple] = {
+    "no_half_vae": (),  # SD-Train always runs the VAE in fp32, as no_half_vae asks
+    "dynamo_backend": (),  # torch.compile backend: speed only
+    "epoch": (),  # the GUI's field; sd-scripts reads max_train_epochs, which the GUI writes too
+    "loss_type": ("l2",),
+    "huber_c": (),  # used only with loss_type huber or smooth_l1
+    "huber_schedule": (),
+    "huber_scale": (),
+    "min_timestep": (None, 0),
+    "max_timestep": (None, 1000),
+    "multires_noise_iterations": (None, 0),
+    "multires_noise_discount": (),  # used only with multires_noise_iterations
+    "noise_offset_type": ("Original",),
+    "noise_offset_random_strength": (False,),
+    "adaptive_noise_scale": (None, 0),
+    "ip_noise_gamma": (None, 0),
+    "ip_noise_gamma_random_strength": (False,),
+    "lr_scheduler_args": (None, "", []),
+    "log_with": (None, "", "tensorboard"),  # TensorBoard is what logging_dir writes
+    "zero_terminal_snr": (False,),
+    "debiased_estimation_loss": (False,),
+    "scale_weight_norms": (None, 0),
+    "v_pred_like_loss": (None, 0),
+    "masked_loss": (False,),
+    "fp8_base": (False,),
+    "vae": (None, ""),
+    "dim_from_weights": (False,),
+    "network_multiplier": (None, 1),
+}
+
 # Options kohya accepts that change nothing here (speed switches this implementation does differently, or features
 # not built yet). They are accepted so the tutorial's config files load, and named in a warning.
 IGNORED_KEYS = frozenset(
@@ -32,6 +65,7 @@ IGNORED_KEYS = frozenset(
         "max_grad_norm_type", "full_fp16", "full_bf16", "v2", "cache_latents", "cache_latents_to_disk",
         "max_data_loader_n_workers", "enable_bucket", "bucket_no_upscale", "random_crop",
         "optimizer_args", "lr_scheduler_num_cycles", "caption_tag_dropout_rate", "scale_v_pred_loss_like_noise_pred",
+        *DEFAULT_ONLY_KEYS,
     }
 )  # fmt: skip
 
@@ -105,6 +139,20 @@ class TrainConfig:
         None,
         "Metadata file written by `sdtrain merge` or `sdtrain buckets` (meta_clean.json, or meta_lat.json with "
         "cached latents). Empty: read N_name folders and caption files instead.",
+        "dataset",
+    )
+    dataset_config: str | None = opt(
+        None,
+        "kohya's dataset TOML ([general], [[datasets]], [[datasets.subsets]] with image_dir, num_repeats, "
+        "class_tokens, is_reg, metadata_file, ...). When set it replaces train_data_dir, in_json and reg_data_dir, "
+        "and its resolution, batch_size and bucket settings win, as in kohya.",
+        "dataset",
+    )
+    reg_data_dir: str | None = opt(
+        None,
+        "Folder of regularisation images in kohya's N_name sub-folders (N repeats, name = the class words used as "
+        "the caption of images without a caption file). Each epoch uses as many of them as there are training "
+        "images (with repeats), as kohya does. Empty: none.",
         "dataset",
     )
     dataset_repeats: int = opt(
@@ -330,6 +378,12 @@ class TrainConfig:
         "faster; 5 is the paper's value. Empty: off.",
         "training",
     )
+    prior_loss_weight: float = opt(
+        1.0,
+        "Weight of the regularisation images' loss (kohya's prior_loss_weight): 1 counts them like training "
+        "images, lower lets the subject win over the class.",
+        "training",
+    )
     seed: int = opt(
         42, "Random seed for noise, shuffling and dropout: the same seed and settings repeat a run.", "training"
     )
@@ -446,8 +500,15 @@ class TrainConfig:
     def validate(self) -> None:
         if not self.pretrained_model_name_or_path:
             raise ConfigError("pretrained_model_name_or_path is required: the base model to train from.")
-        if not self.train_data_dir:
-            raise ConfigError("train_data_dir is required: the folder with the training images.")
+        if not self.train_data_dir and not self.dataset_config:
+            raise ConfigError("train_data_dir is required: the folder with the training images (or a dataset_config).")
+        if self.reg_data_dir and self.in_json and not self.dataset_config:
+            raise ConfigError(
+                "reg_data_dir needs the N_name folder layout, not in_json (kohya ignores it with in_json); remove "
+                "one, or describe both in a dataset_config."
+            )
+        if self.prior_loss_weight < 0:
+            raise ConfigError(f"prior_loss_weight must be 0 or more, not {self.prior_loss_weight}.")
         if self.network_module is not None and self.network_module not in NETWORK_MODULES:
             raise ConfigError(f"network_module {self.network_module!r} is not supported; use 'networks.lora'.")
         if self.mixed_precision not in MIXED_PRECISIONS:
@@ -545,6 +606,30 @@ def unknown_key_error(key: str) -> ConfigError:
     return ConfigError(f"Unknown setting {key!r}.{hint}")
 
 
+def _same_value(value: Any, accepted: Any) -> bool:
+    """kohya reads TOML and command-line text alike: "0" is 0, "L2" is "l2", "" an empty list."""
+    if accepted is None or isinstance(accepted, bool):
+        return value is accepted or (isinstance(value, str) and value.strip().lower() == str(accepted).lower())
+    if isinstance(accepted, int | float):
+        try:
+            return not isinstance(value, bool) and float(value) == accepted
+        except (TypeError, ValueError):
+            return False
+    if isinstance(accepted, str):
+        return isinstance(value, str) and value.strip().lower() == accepted.lower()
+    return value == accepted
+
+
+def _check_default_only(key: str, value: Any) -> None:
+    accepted = DEFAULT_ONLY_KEYS.get(key, ())
+    if accepted and not any(_same_value(value, a) for a in accepted):
+        shown = " or ".join("empty" if a is None else repr(a) for a in accepted)
+        raise ConfigError(
+            f"{key} = {value!r} is not implemented in SD-Train; only {shown} (kohya's default, which changes "
+            "nothing) is accepted. Remove it, or train this config with kohya sd-scripts."
+        )
+
+
 def config_from_dict(values: dict[str, Any]) -> TrainConfig:
     """A TrainConfig from flat kohya-style keys, each type-checked against the option schema; unknown keys raise
     ConfigError with a suggestion."""
@@ -556,10 +641,21 @@ def config_from_dict(values: dict[str, Any]) -> TrainConfig:
         if key in KNOWN_KEYS:
             known[key] = coerce_value(option_by_name(key), value)
         elif key in IGNORED_KEYS:
+            _check_default_only(key, value)
             ignored[key] = value
         else:
             raise unknown_key_error(key)
+    if known.get("dataset_config"):
+        known.update(_dataset_settings(known))
     return TrainConfig(**known, ignored=ignored, given=frozenset(known))
+
+
+def _dataset_settings(known: dict[str, Any]) -> dict[str, Any]:
+    """The training settings a dataset_config's [[datasets]] (or [general]) sets; they win over the config file's,
+    as in kohya. Reading it here also refuses a bad dataset_config before anything starts."""
+    from lib_sdtrain.train.dataset_config import read_dataset_config
+
+    return read_dataset_config(known["dataset_config"], TrainConfig(**known)).settings
 
 
 def config_values(config: TrainConfig) -> dict[str, Any]:

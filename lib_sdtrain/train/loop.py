@@ -11,6 +11,7 @@ progress and cancel happen between steps. A NaN/inf loss stops the run before it
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import time
 from collections import Counter
@@ -20,7 +21,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from lib_sdtrain.errors import Cancelled, ConfigError, SDTrainError
+from lib_sdtrain.errors import Cancelled, ConfigError, OutputError, SDTrainError
 from lib_sdtrain.models.sd_model import SDModel
 from lib_sdtrain.train import data, text
 from lib_sdtrain.train.config import KOHYA_DEFAULTS, TrainConfig
@@ -28,6 +29,7 @@ from lib_sdtrain.train.network.kohya_file import SAVE_DTYPES, load_lora, save_lo
 from lib_sdtrain.train.network.lora import LoRANetwork, NetworkSpec
 from lib_sdtrain.train.optim import make_lr_scheduler, make_optimizer
 from lib_sdtrain.train.outputs import OWNER_KEY, lora_metadata
+from lib_sdtrain.train.safe_save import SaveGuard, check_output_writable, check_room, is_write_error, rescue_folder
 from lib_sdtrain.train.sampling import generate_samples, read_prompt_file
 from lib_sdtrain.train.state import Position, load_state, restore_rng, save_state
 from lib_sdtrain.train.tensorboard_log import TensorBoardLog
@@ -63,6 +65,7 @@ class Trainer:
         self.progress = progress or Progress()
         self.items = data.collect_items(config)  # fail on a bad dataset before loading a model
         self.prompts = read_prompt_file(config.sample_prompts) if config.sample_prompts else []
+        check_output_writable(config.output_dir, config.output_name)  # in seconds, not after loading the model
         self.model = model or _load_model(config)
         self.output_dir = Path(config.output_dir)
         self.accelerator = _make_accelerator(config)
@@ -76,11 +79,15 @@ class Trainer:
         """Set when the run stops early ("cancelled at step N of M"): the saves after it are not finished ones."""
         self.samples: list[Path] = []
         self.started_at = time.time()
+        rescue = rescue_folder(config.output_name, self.started_at)
+        self.guard = SaveGuard(self.output_dir, rescue, self.progress.message)
 
     # --- setup --------------------------------------------------------------------------------------------------
 
     def setup(self) -> None:
         config, model = self.config, self.model
+        for note in data.dataset_notes(config):
+            self.progress.message(note)
         torch.manual_seed(config.seed)
         model.vae.requires_grad_(False).eval()
         model.unet.requires_grad_(False)
@@ -194,8 +201,8 @@ class Trainer:
     def _loss(self, batch: list[data.TrainItem], epoch: int, batch_index: int) -> torch.Tensor:
         config = self.config
         caption_rng = torch.Generator().manual_seed(config.seed * 7919 + epoch * 100_003 + batch_index)
-        captions = [data.process_caption(item.caption, config, caption_rng) for item in batch]
-        flips = [config.flip_aug and bool(torch.rand((), generator=caption_rng) < 0.5) for _ in batch]
+        captions = [data.process_caption(item.caption, item.augment or config, caption_rng) for item in batch]
+        flips = [(i.augment or config).flip_aug and bool(torch.rand((), generator=caption_rng) < 0.5) for i in batch]
         latents = self._latents(batch, flips)
 
         noise = torch.randn(latents.shape, generator=self.noise_generator).to(self.device)
@@ -215,6 +222,7 @@ class Trainer:
         v_target = self.model.v_prediction
         target = self.noise_scheduler.get_velocity(latents, noise, timesteps) if v_target else noise
         loss = F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=[1, 2, 3])
+        loss = loss * data.loss_weights(batch, config.prior_loss_weight).to(loss.device)  # reg images, as kohya
         if config.min_snr_gamma:
             loss = loss * self._min_snr_weights(timesteps)
         return loss.mean()
@@ -240,42 +248,76 @@ class Trainer:
 
     def save_model(self, suffix: str = "") -> Path:
         config = self.config
-        path = self.output_dir / f"{config.output_name}{suffix}.safetensors"
+        name = f"{config.output_name}{suffix}.safetensors"
         if not self.accelerator.is_main_process:  # one writer; the weights are the same everywhere
-            return path
+            return self.output_dir / name
         if self.network is not None:
             metadata = lora_metadata(self, finished=not suffix and not self.stop_note)
-            save_lora(self.network.kohya_state_dict(), path, metadata, config.save_precision)
+            state = self.network.kohya_state_dict()
+            path = self.guard.write(name, lambda p: save_lora(state, p, metadata, config.save_precision))
         else:
             from lib_sdtrain.models.saving import save_sd_checkpoint
 
             owner = {OWNER_KEY: config.output_name}
-            save_sd_checkpoint(self.model, path, dtype=SAVE_DTYPES[config.save_precision], metadata=owner)
+            dtype = SAVE_DTYPES[config.save_precision]
+            path = self.guard.write(name, lambda p: save_sd_checkpoint(self.model, p, dtype=dtype, metadata=owner))
         self.last_good_save = path
         self.saves.append(path)
         self.progress.message(f"Saved {path}")
         return path
 
     def save_training_state(self, suffix: str) -> Path:
-        folder = self.output_dir / f"{self.config.output_name}{suffix}-state"
+        name = f"{self.config.output_name}{suffix}-state"
         if not self.accelerator.is_main_process:
-            return folder
-        save_state(
-            folder, self._trainable_state(), self.optimizer, self.lr_scheduler, self.position,
-            {"noise": self.noise_generator},
-        )  # fmt: skip
-        return folder
+            return self.output_dir / name
+        trainable = self._trainable_state()
+        generators = {"noise": self.noise_generator}
+        return self.guard.write(
+            name, lambda p: save_state(p, trainable, self.optimizer, self.lr_scheduler, self.position, generators)
+        )
+
+    def check_room(self) -> None:
+        """Before the first step: an OutputError unless the output folder has room for one save (the model file,
+        and the state when save_state is on)."""
+        if self.accelerator.is_main_process:
+            what = "one save" + (" with its state" if self.config.save_state else "")
+            check_room(self.output_dir, self.save_size(), what)
+
+    def save_size(self) -> int:
+        """A rough upper bound of one save's bytes: the saved tensors in save_precision plus a header allowance
+        (the metadata, ~200 bytes per tensor name); a state adds the trainable tensors in fp32 three times (the
+        weights and AdamW's two moments)."""
+        element = torch.tensor([], dtype=SAVE_DTYPES[self.config.save_precision]).element_size()
+        if self.network is not None:
+            tensors = self.network.kohya_state_dict()
+            header = len(json.dumps(lora_metadata(self, finished=True))) + 200 * len(tensors)
+        else:
+            modules = (self.model.unet, self.model.vae, self.model.text_encoder)
+            tensors = {f"{i}{k}": v for i, m in enumerate(modules) for k, v in m.state_dict().items()}
+            tensors.update(self.model.extra_ldm_state or {})
+            header = 200 * len(tensors)
+        size = sum(t.numel() for t in tensors.values()) * element + header
+        if self.config.save_state:
+            size += 3 * 4 * sum(p.numel() for p in self.params) + 64 * 1024
+        return size
 
     def _sample(self, label: str) -> None:
         if not self.prompts:
             return
         was_training = self.model.unet.training
         self.model.unet.eval()
-        results = generate_samples(
-            self.model, self.prompts, self.output_dir / "sample", self.config.output_name,
-            label, self.position.step, self.config.clip_skip,
-        )  # fmt: skip
-        self.model.unet.train(was_training)
+        try:
+            results = generate_samples(
+                self.model, self.prompts, self.output_dir / "sample", self.config.output_name,
+                label, self.position.step, self.config.clip_skip,
+            )  # fmt: skip
+        except Exception as e:  # samples are a preview: a full disk must not cost the run
+            if not is_write_error(e):
+                raise
+            self.progress.message(f"Could not write the samples in {self.output_dir / 'sample'} ({e}); skipped.")
+            results = []
+        finally:
+            self.model.unet.train(was_training)
         for path, image in results:
             self.samples.append(path)
             self.progress.image(image, caption=path.name, path=path)
@@ -330,6 +372,7 @@ class Trainer:
     def run(self) -> TrainResult:
         self.setup()
         config, progress = self.config, self.progress
+        self.check_room()
         self.output_dir.mkdir(parents=True, exist_ok=True)
         if config.ignored:
             progress.message(f"Accepted but not used by SD-Train: {', '.join(sorted(config.ignored))}")
@@ -389,15 +432,20 @@ class Trainer:
             self.stop_note = f"cancelled at step {self.position.step} of {self.total_steps}"
             output = self.save_model()
             state_dir = self.save_training_state("")
+            rescued = f" {self.guard.outcome()}" if self.guard.rescued else ""
             raise Cancelled(
                 f"Cancelled at step {self.position.step}. Saved {output} and the state {state_dir} "
-                "(continue with resume = that folder)."
+                f"(continue with resume = that folder).{rescued}"
             ) from None
         finally:
             log.close()
             progress.finish()
             if self.network is not None:
                 self.network.detach()
+        if output in self.guard.rescued or state_dir in self.guard.rescued:  # not where the user looks: say where
+            raise OutputError(f"Training finished. {self.guard.outcome()}")
+        if self.guard.rescued:
+            progress.message(self.guard.outcome())
         return TrainResult(output, self.position.step, losses, state_dir, self.samples)
 
     def _guarded(self, fn):

@@ -10,6 +10,7 @@ from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from lib_sdtrain.train.data import reg_image_count
 from lib_sdtrain.train.network.kohya_file import lora_model_spec
 
 if TYPE_CHECKING:
@@ -65,8 +66,8 @@ def lora_metadata(trainer: Trainer, finished: bool) -> dict[str, str]:
         "ss_learning_rate": str(config.learning_rate),
         "ss_unet_lr": str(config.unet_learning_rate),
         "ss_text_encoder_lr": str(config.text_encoder_learning_rate),
-        "ss_num_train_images": str(len(trainer.items)),
-        "ss_num_reg_images": "0",
+        "ss_num_train_images": str(sum(not item.is_reg for item in trainer.items)),  # with repeats, as kohya
+        "ss_num_reg_images": str(reg_image_count(config)),
         "ss_num_batches_per_epoch": str(trainer.batches_per_epoch),
         "ss_num_epochs": str(trainer.num_epochs),
         "ss_max_train_steps": str(trainer.total_steps),
