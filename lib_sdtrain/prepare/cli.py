@@ -52,6 +52,12 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
         "--skip_existing", action="store_true", help="keep .npz files that already have the right shape"
     )
     buckets.add_argument("--seed", type=int, default=0, help="seed of the latent samples (0)")
+    buckets.add_argument(
+        "--npz_legacy_arr0",
+        action="store_true",
+        help="also write the latents as arr_0 (and <stem>_flip.npz with --flip_aug) for kohya v0.6.x; doubles the "
+        ".npz size, so off by default",
+    )
     buckets.add_argument("--v2", action="store_true", help=argparse.SUPPRESS)  # kohya accepts and ignores it
     buckets.set_defaults(handler=run_buckets)
 
@@ -174,6 +180,7 @@ def run_buckets(args: argparse.Namespace, progress: Progress | None = None) -> d
         flip_aug=args.flip_aug,
         skip_existing=args.skip_existing,
         seed=args.seed,
+        legacy_arr0=args.npz_legacy_arr0,
         max_pixels=args.max_image_pixels,
     )
     tokenizer = _tokenizer(args.tokenizer, args.model)  # before the long part: a wrong path fails at once

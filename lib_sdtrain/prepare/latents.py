@@ -1,13 +1,13 @@
 """The VAE latent cache: kohya's prepare_buckets_latents.py, re-implemented.
 
 Writes `meta_lat.json` (the input metadata plus `"train_resolution": [W, H]` per image) and one `<stem>.npz` per
-image beside it, readable by every kohya version users have:
-- v0.7-v0.9 read `latents` (4, H/8, W/8) float32, `original_size` [W, H], `crop_ltrb` [l, t, r, b] and, with flip
-  augmentation, `latents_flipped`;
-- v0.6.x reads `np.load(path)["arr_0"]` and the flipped latents from a separate `<stem>_flip.npz`. So the same
-  array is also stored as `arr_0` (the files grow by the latent size, 64 KiB at 512x512), and `--flip_aug` also
-  writes `<stem>_flip.npz`. Without `--flip_aug` a stale `<stem>_flip.npz` is removed, as v0.6.6 does, because
-  v0.6 training would otherwise pick up flipped latents of an older bucket.
+image beside it with kohya's current keys (v0.7-v0.9): `latents` (4, H/8, W/8) float32, `original_size` [W, H],
+`crop_ltrb` [l, t, r, b] and, with flip augmentation, `latents_flipped`.
+kohya v0.6.x reads `np.load(path)["arr_0"]` and the flipped latents from a separate `<stem>_flip.npz`: only with
+`--npz_legacy_arr0` (LatentCacheOptions.legacy_arr0) are they written too, since the copy doubles every file (64 KiB
+more at 512x512). A `<stem>_flip.npz` that is not written is removed, as v0.6.6 does, because v0.6 training would
+otherwise pick up flipped latents of an older bucket. The cache check (--skip_existing) accepts files with or
+without arr_0 unless the legacy copy is asked for.
 Latents are stored UNSCALED (the trainer multiplies by the VAE's scaling factor, 0.18215 for SD).
 One deliberate difference: images are opened upright (EXIF orientation applied, dataset.images); kohya opens the
 stored pixels, so for a rotated phone photo kohya picks the sideways bucket and trains on a sideways picture.
@@ -43,6 +43,7 @@ class LatentCacheOptions:
     flip_aug: bool = False
     skip_existing: bool = False
     seed: int = 0  # latents are samples of the VAE posterior; this makes them reproducible
+    legacy_arr0: bool = False  # also write kohya v0.6.x's arr_0 copy and <stem>_flip.npz (--npz_legacy_arr0)
     max_pixels: int = MAX_IMAGE_PIXELS
 
 
@@ -78,11 +79,15 @@ def latents_shape_ok(array: np.ndarray, bucket: Size) -> bool:
     return array.ndim == 3 and array.shape[1:] == (bucket[1] // 8, bucket[0] // 8)
 
 
-def cached_latents_match(image_path: Path, bucket: Size, flip_aug: bool) -> bool:
-    """True when this image's .npz files exist, are complete and have the latent shape of `bucket`."""
+NPZ_KEYS = frozenset({"latents", "original_size", "crop_ltrb"})  # kohya v0.7-v0.9, plus latents_flipped
+
+
+def cached_latents_match(image_path: Path, bucket: Size, flip_aug: bool, legacy_arr0: bool = False) -> bool:
+    """True when this image's .npz files exist, are complete and have the latent shape of `bucket` (with
+    `legacy_arr0`, also the v0.6 arr_0 copy and `_flip.npz`; without it, files with or without them are fine)."""
     try:
         with np.load(npz_path_for(image_path)) as npz:
-            if not {"latents", "original_size", "crop_ltrb", "arr_0"} <= set(npz.files):
+            if not NPZ_KEYS | ({"arr_0"} if legacy_arr0 else set()) <= set(npz.files):
                 return False
             if not latents_shape_ok(npz["latents"], bucket):
                 return False
@@ -90,7 +95,7 @@ def cached_latents_match(image_path: Path, bucket: Size, flip_aug: bool) -> bool
                 "latents_flipped" not in npz.files or not latents_shape_ok(npz["latents_flipped"], bucket)
             ):
                 return False
-        if flip_aug:
+        if flip_aug and legacy_arr0:
             with np.load(flip_npz_path_for(image_path)) as flipped:
                 return latents_shape_ok(flipped["arr_0"], bucket)
         return True
@@ -104,18 +109,16 @@ def save_latents_npz(
     original_size: Size,
     crop: tuple[float, float, float, float],
     flipped: np.ndarray | None,
+    legacy_arr0: bool = False,
 ) -> None:
-    arrays = {
-        "latents": latents,
-        "original_size": np.array(original_size),
-        "crop_ltrb": np.array(crop),
-        "arr_0": latents,  # kohya v0.6.x reads this name
-    }
+    arrays = {"latents": latents, "original_size": np.array(original_size), "crop_ltrb": np.array(crop)}
     if flipped is not None:
         arrays["latents_flipped"] = flipped
+    if legacy_arr0:
+        arrays["arr_0"] = latents  # kohya v0.6.x reads this name
     _write_npz(npz_path_for(image_path), arrays)
     flip_path = flip_npz_path_for(image_path)
-    if flipped is not None:
+    if flipped is not None and legacy_arr0:
         _write_npz(flip_path, {"arr_0": flipped})
     else:
         flip_path.unlink(missing_ok=True)
@@ -176,6 +179,7 @@ def _encode_and_save(vae, batch: list[_Pending], options: LatentCacheOptions) ->
             record.size,
             crop_ltrb(record.choice.bucket, record.size),
             flipped[i].numpy() if flipped is not None else None,
+            options.legacy_arr0,
         )
 
 
@@ -285,7 +289,9 @@ def _place(
     if record.key not in metadata:
         result.added_keys.append(record.key)  # kohya's rule: an entry with train_resolution only
     metadata.setdefault(record.key, {})["train_resolution"] = list(record.choice.train_resolution)
-    if options.skip_existing and cached_latents_match(record.path, record.choice.bucket, options.flip_aug):
+    if options.skip_existing and cached_latents_match(
+        record.path, record.choice.bucket, options.flip_aug, options.legacy_arr0
+    ):
         result.skipped_existing += 1
         return None
     batch = pending.setdefault(record.choice.bucket, [])

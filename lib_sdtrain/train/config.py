@@ -24,7 +24,7 @@ from lib_sdtrain.errors import ConfigError
 # (kohya's or the GUI's defaults), so GUI-written configs load; () accepts any value (speed-only, or used only by a
 # feature that is off). Any other value is refused naming the key. Also reported as unused, as IGNORED_KEYS are.
 DEFAULT_ONLY_KEYS: dict[str, tuple] = {
-    "no_half_vae": (),  # SD-Train always runs the VAE in fp32, as no_half_vae asks
+    "no_half_vae": (),  # true keeps the VAE in fp32 under mixed precision (read from config.ignored by the loop)
     "dynamo_backend": (),  # torch.compile backend: speed only
     "epoch": (),  # the GUI's field; sd-scripts reads max_train_epochs, which the GUI writes too
     "loss_type": ("l2",),
@@ -68,6 +68,21 @@ IGNORED_KEYS = frozenset(
         *DEFAULT_ONLY_KEYS,
     }
 )  # fmt: skip
+
+# kohya keys SD-Train refuses whatever their value, with the reason and what to do instead (a plain "Unknown setting"
+# would leave a kohya user guessing whether it is a typo).
+REFUSED_KEYS: dict[str, str] = {
+    "use_8bit_adam": 'kohya\'s old spelling; write optimizer_type = "AdamW8bit"',
+    "use_lion_optimizer": 'kohya\'s old spelling; write optimizer_type = "Lion"',
+    "lr_scheduler_type": "custom scheduler classes are not supported; use lr_scheduler",
+    "weighted_captions": "(word:1.2) weights in captions are not implemented",
+    "base_weights": "merging other LoRAs into the base model before training is not implemented",
+    "deepspeed": "DeepSpeed is not supported; use accelerate's multi-GPU launch",
+    "huggingface_repo_id": "uploading to the Hugging Face hub is not implemented",
+    "wandb_api_key": "only TensorBoard logging (logging_dir) is implemented",
+    "output_config": "writing the config is not implemented; each run saves <output_name>.sdtrain.toml instead",
+    "sdxl": "SD-Train trains SD 1.x and 2.x models, not SDXL",
+}
 
 # The value sets that options with choices accept (the CLI, the TOML reader and the UI all read them from here).
 NETWORK_MODULES = ("networks.lora", "lycoris.kohya")
@@ -360,6 +375,13 @@ class TrainConfig:
         choices=MIXED_PRECISIONS,
         common=True,
     )
+    allow_tf32: bool = opt(
+        True,
+        "On RTX 30xx and newer GPUs, run fp32 matrix products in TF32 (much faster, precision ample for training, "
+        "as the WebUI and diffusers use). Turn off only to compare results bit for bit with fp32. No effect on the "
+        "CPU.",
+        "training",
+    )
     gradient_checkpointing: bool = opt(
         False,
         "Recompute activations during the backward pass instead of keeping them: far less GPU memory, roughly "
@@ -643,6 +665,8 @@ def config_from_dict(values: dict[str, Any]) -> TrainConfig:
         elif key in IGNORED_KEYS:
             _check_default_only(key, value)
             ignored[key] = value
+        elif key in REFUSED_KEYS:
+            raise ConfigError(f"{key} is not supported by SD-Train: {REFUSED_KEYS[key]}.")
         else:
             raise unknown_key_error(key)
     if known.get("dataset_config"):

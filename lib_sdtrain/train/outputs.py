@@ -6,15 +6,20 @@ import hashlib
 import json
 import time
 import uuid
+import weakref
+import zlib
 from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from lib_sdtrain.train.data import reg_image_count
+import numpy as np
+
+from lib_sdtrain.train.data import REPEAT_FOLDER, TrainItem, reg_image_count, upright_size
 from lib_sdtrain.train.network.kohya_file import lora_model_spec
 
 if TYPE_CHECKING:
     from lib_sdtrain.models.sd_model import SDModel
+    from lib_sdtrain.train.config import TrainConfig
     from lib_sdtrain.train.loop import Trainer
 
 SESSION_ID = str(uuid.uuid4().int >> 96)
@@ -46,17 +51,100 @@ def base_model_metadata(model: SDModel) -> dict[str, str]:
 
 
 def _tag_frequency(trainer: Trainer) -> dict[str, dict[str, int]]:
-    """{dataset folder: {tag: count}} over the captions' comma-separated tags, as kohya's ss_tag_frequency."""
+    """{dataset folder: {tag: count}} over the captions' comma-separated tags, as kohya's ss_tag_frequency: each
+    image counts once, however many repeats it has."""
     counts: dict[str, Counter] = {}
-    for item in trainer.items:
+    for item in _unique_images(trainer):
         folder = Path(item.key).parent.name or Path(trainer.config.train_data_dir).name
         counts.setdefault(folder, Counter()).update(t.strip() for t in item.caption.split(",") if t.strip())
     return {k: dict(v) for k, v in counts.items()}
 
 
+def _unique_images(trainer: Trainer) -> list[TrainItem]:
+    """trainer.items without the repeats (an image with N repeats is N items with the same key)."""
+    seen: dict[str, TrainItem] = {}
+    for item in trainer.items:
+        seen.setdefault(item.key, item)
+    return list(seen.values())
+
+
+def _image_size(item: TrainItem) -> tuple[int, int] | None:
+    """The image's upright size: the cached latents' original_size, else the image file; None when unknown."""
+    if item.latents_path is not None:
+        try:
+            with np.load(item.latents_path) as npz:
+                if "original_size" in npz.files:
+                    width, height = (int(v) for v in npz["original_size"][:2])
+                    return width, height
+        except (OSError, ValueError, KeyError, EOFError, zlib.error):
+            pass
+    if item.image_path is not None:
+        try:
+            return upright_size(item.image_path)
+        except (OSError, ValueError):
+            return None
+    return None
+
+
+_AR_ERRORS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def mean_img_ar_error(trainer: Trainer) -> float | None:
+    """kohya's bucket_info mean_img_ar_error: the mean |bucket aspect ratio - image aspect ratio| over the images
+    (each once); None when an image's size is unknown (latents without original_size and no image file)."""
+    if trainer not in _AR_ERRORS:  # read once per run: the files do not change while it trains
+        errors = []
+        for item in _unique_images(trainer):
+            size = _image_size(item)
+            if size is None or not size[1]:
+                errors = None
+                break
+            errors.append(abs(item.bucket[0] / item.bucket[1] - size[0] / size[1]))
+        _AR_ERRORS[trainer] = float(np.mean(errors)) if errors else None
+    return _AR_ERRORS[trainer]
+
+
+def _value(config: TrainConfig, key: str, default: Any = None) -> Any:
+    value = getattr(config, key) if hasattr(config, key) else config.ignored.get(key, default)
+    return default if value == "" else value
+
+
+def _dataset_dirs(trainer: Trainer, reg: bool) -> dict[str, dict[str, int]]:
+    """kohya's ss_dataset_dirs / ss_reg_dataset_dirs: {folder: {"n_repeats", "img_count"}}, one entry per N_name
+    folder (N from its name), or the train_data_dir with dataset_repeats for metadata (in_json) datasets."""
+    config = trainer.config
+    repeats = Counter(item.key for item in trainer.items if item.is_reg == reg)  # an image's items: its repeats
+    dirs: dict[str, dict[str, int]] = {}
+    for key, n in repeats.items():
+        folder = Path(key).parent.name
+        if not folder:
+            folder, n = Path(config.train_data_dir).name, config.dataset_repeats
+        elif match := REPEAT_FOLDER.match(folder):
+            n = int(match[1])
+        entry = dirs.setdefault(folder, {"n_repeats": n, "img_count": 0})
+        entry["img_count"] += 1
+    return dirs
+
+
+def _kohya_value(config: TrainConfig, key: str, default: Any = None) -> str:
+    """A setting as kohya writes it into ss_*: str() of the value, "None" when unset (kohya's None); settings not in
+    SD-Train's schema come from the accepted-but-unused keys."""
+    return str(_value(config, key, default))
+
+
+def _bucket_info(trainer: Trainer) -> dict[str, Any]:
+    buckets = Counter(item.bucket for item in trainer.items)
+    info: dict[str, Any] = {
+        "buckets": {str(i): {"resolution": list(b), "count": n} for i, (b, n) in enumerate(sorted(buckets.items()))}
+    }
+    error = mean_img_ar_error(trainer)
+    if error is not None:
+        info["mean_img_ar_error"] = error
+    return info
+
+
 def lora_metadata(trainer: Trainer, finished: bool) -> dict[str, str]:
     config, model = trainer.config, trainer.model
-    buckets = Counter(item.bucket for item in trainer.items)
     resolution = config.resolution_size
     spec = trainer.network.spec if trainer.network is not None else None
     meta = {
@@ -83,47 +171,59 @@ def lora_metadata(trainer: Trainer, finished: bool) -> dict[str, str]:
         if spec and spec.conv_rank
         else "{}",
         "ss_mixed_precision": config.mixed_precision,
-        "ss_full_fp16": "False",
+        "ss_full_fp16": str(bool(_value(config, "full_fp16", False))),
         "ss_v2": str(model.version == "sd2"),
         "ss_base_model_version": {"sd1": "sd_v1", "sd2": "sd_v2_v" if model.v_prediction else "sd_v2"}[model.version],
         "ss_clip_skip": str(config.clip_skip),
         "ss_max_token_length": str(config.max_token_length),
         "ss_cache_latents": str(all(i.latents_path is not None for i in trainer.items)),
         "ss_seed": str(config.seed),
+        "ss_lowram": _kohya_value(config, "lowram", False),
         "ss_noise_offset": str(config.noise_offset),
+        "ss_multires_noise_iterations": _kohya_value(config, "multires_noise_iterations"),
+        "ss_multires_noise_discount": _kohya_value(config, "multires_noise_discount", 0.3),
+        "ss_adaptive_noise_scale": _kohya_value(config, "adaptive_noise_scale"),
+        "ss_zero_terminal_snr": _kohya_value(config, "zero_terminal_snr", False),
+        "ss_sd_scripts_commit_hash": "(unknown)",  # kohya's value outside a git checkout; this is not sd-scripts
+        "ss_scale_weight_norms": _kohya_value(config, "scale_weight_norms"),
+        "ss_ip_noise_gamma": _kohya_value(config, "ip_noise_gamma"),
+        "ss_debiased_estimation": str(bool(_value(config, "debiased_estimation_loss", False))),
+        "ss_noise_offset_random_strength": _kohya_value(config, "noise_offset_random_strength", False),
+        "ss_ip_noise_gamma_random_strength": _kohya_value(config, "ip_noise_gamma_random_strength", False),
         "ss_min_snr_gamma": str(config.min_snr_gamma),
         "ss_optimizer": config.optimizer_type,
         "ss_max_grad_norm": str(config.max_grad_norm),
         "ss_caption_dropout_rate": str(config.caption_dropout_rate),
-        "ss_caption_tag_dropout_rate": "0.0",
+        "ss_caption_tag_dropout_rate": _kohya_value(config, "caption_tag_dropout_rate", 0.0),
+        "ss_caption_dropout_every_n_epochs": _kohya_value(config, "caption_dropout_every_n_epochs"),
+        "ss_face_crop_aug_range": _kohya_value(config, "face_crop_aug_range"),
+        "ss_prior_loss_weight": str(config.prior_loss_weight),
         "ss_batch_size_per_device": str(config.train_batch_size),
         "ss_total_batch_size": str(config.train_batch_size * config.gradient_accumulation_steps),
         "ss_resolution": f"({resolution[0]}, {resolution[1]})",
         "ss_flip_aug": str(config.flip_aug),
         "ss_shuffle_caption": str(config.shuffle_caption),
-        "ss_enable_bucket": str(len(buckets) > 1),
+        "ss_enable_bucket": str(bool(getattr(config, "enable_bucket", True))),  # SD-Train buckets unless told not to
+        "ss_bucket_no_upscale": _kohya_value(config, "bucket_no_upscale", False),
+        "ss_color_aug": _kohya_value(config, "color_aug", False),
+        "ss_random_crop": _kohya_value(config, "random_crop", False),
         "ss_min_bucket_reso": str(config.min_bucket_reso),
         "ss_max_bucket_reso": str(config.max_bucket_reso),
         "ss_keep_tokens": str(config.keep_tokens),
-        "ss_bucket_info": json.dumps(
-            {
-                "buckets": {
-                    str(i): {"resolution": list(b), "count": n} for i, (b, n) in enumerate(sorted(buckets.items()))
-                }
-            }
-        ),
+        "ss_bucket_info": json.dumps(_bucket_info(trainer)),
         "ss_tag_frequency": json.dumps(_tag_frequency(trainer)),
-        "ss_dataset_dirs": json.dumps(
-            {Path(config.train_data_dir).name: {"n_repeats": config.dataset_repeats, "img_count": len(trainer.items)}}
-        ),
+        "ss_dataset_dirs": json.dumps(_dataset_dirs(trainer, reg=False)),
+        "ss_reg_dataset_dirs": json.dumps(_dataset_dirs(trainer, reg=True)),
+        "ss_vae_name": _kohya_value(config, "vae"),
         **base_model_metadata(model),
         "ss_steps": str(trainer.position.step),
         "ss_epoch": str(trainer.position.epoch),
     }
     if finished:
         meta["ss_training_finished_at"] = str(time.time())
-    if trainer.stop_note:  # a cancelled run's LoRA says so wherever its metadata is shown
-        meta["ss_training_comment"] = trainer.stop_note
+    comment = trainer.stop_note or _value(config, "training_comment")
+    if comment:  # a cancelled run's LoRA says so wherever its metadata is shown; unset: left out (kohya: "None"),
+        meta["ss_training_comment"] = str(comment)  # since the WebUI and `inspect` show any comment present
     meta[OWNER_KEY] = config.output_name
     title = config.output_name
     return {**meta, **lora_model_spec(model.version, model.v_prediction, title, resolution)}

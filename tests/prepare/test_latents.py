@@ -88,11 +88,10 @@ def test_cached_latents_equal_vae_encoding(dataset, tiny_vae_loaded):
             assert npz["latents"].shape == (4, bucket[1] // 8, bucket[0] // 8)
             np.testing.assert_allclose(npz["latents"], latents, atol=1e-4)
             np.testing.assert_allclose(npz["latents_flipped"], flipped, atol=1e-4)
-            assert np.array_equal(npz["arr_0"], npz["latents"])  # kohya v0.6.x reads arr_0
+            assert set(npz.files) == {"latents", "original_size", "crop_ltrb", "latents_flipped"}  # kohya v0.7+
             assert npz["original_size"].tolist() == list(size)
             assert not np.allclose(npz["latents"], mode, atol=1e-3)  # a posterior sample, as kohya caches
-        with np.load(folder / f"{name}_flip.npz") as flip_npz:
-            np.testing.assert_allclose(flip_npz["arr_0"], flipped, atol=1e-4)
+        assert not (folder / f"{name}_flip.npz").exists()  # kohya v0.6's file: only with legacy_arr0
 
     with np.load(folder / "wide.npz") as npz:
         # bucket 192x64 (ar 3) is wider than 240x100 (ar 2.4): height fits, width 64 * 2.4 = 153.6,
@@ -129,7 +128,8 @@ def test_skip_existing_batches_and_workers(dataset, tiny_vae_loaded):
         np.testing.assert_allclose(np.load(folder / f"{name}.npz")["latents"], first[name], atol=1e-5)
 
     # --flip_aug needs flipped latents: nothing is skipped; without it, stale _flip.npz files go (as kohya v0.6)
-    result = cache_latents(folder, in_json, out_json, tiny_vae_loaded, _options(skip_existing=True, flip_aug=True))
+    options = _options(skip_existing=True, flip_aug=True, legacy_arr0=True)
+    result = cache_latents(folder, in_json, out_json, tiny_vae_loaded, options)
     assert result.encoded == 4 and (folder / "sq1_flip.npz").is_file()
     cache_latents(folder, in_json, out_json, tiny_vae_loaded, _options())
     assert not (folder / "sq1_flip.npz").exists()
@@ -178,12 +178,19 @@ def test_buckets_cli(dataset, tiny_sd_dir, capsys):
     assert json.loads(out_json.read_text())["tall"]["train_resolution"] == [64, 192]
     with np.load(folder / "tall.npz") as npz:
         assert npz["latents"].dtype == np.float32 and npz["latents_flipped"].shape == (4, 24, 8)
+        assert "arr_0" not in npz.files
 
     # Run again: the histogram PNG in the folder is not taken for a training image; the cache is reused.
     assert main([*args, "--skip_existing"]) == 0
     printed = capsys.readouterr().out
     assert "images: 4 found" in printed and "latents: 0 written, 4 already cached" in printed
     assert "meta_lat.buckets" not in json.loads(out_json.read_text())
+
+    # --npz_legacy_arr0 asks for kohya v0.6.x's copy: the existing files lack it, so they are written again
+    assert main([*args, "--skip_existing", "--npz_legacy_arr0"]) == 0
+    assert "latents: 4 written, 0 already cached" in capsys.readouterr().out
+    with np.load(folder / "tall.npz") as npz:
+        assert np.array_equal(npz["arr_0"], npz["latents"]) and (folder / "tall_flip.npz").is_file()
 
     assert main([*args[:1], str(folder / "missing"), *args[2:]]) == 1
     assert "Image folder not found" in capsys.readouterr().err
@@ -224,3 +231,43 @@ def test_job_with_a_loaded_vae_and_fp16_on_cpu(dataset, tiny_vae_loaded):
     assert "float32 on the CPU" in progress.messages[0]
     assert done.result.encoded == 4 and done.histogram_path == folder.parent / ".sdtrain" / "meta_lat.buckets.png"
     assert done.report_path.read_text(encoding="utf-8").startswith(f"Dataset report for {folder}")
+
+
+def test_npz_files_carry_kohyas_current_keys_only(dataset, tiny_vae_loaded):
+    """No arr_0 copy unless asked for: a file is the latents' size, not twice it (kohya v0.7+ reads `latents`)."""
+    folder, in_json, out_json = dataset
+    cache_latents(folder, in_json, out_json, tiny_vae_loaded, _options())
+    sizes = {}
+    for name in IMAGES:
+        with np.load(folder / f"{name}.npz") as npz:
+            assert set(npz.files) == {"latents", "original_size", "crop_ltrb"}
+            latent_bytes = npz["latents"].nbytes
+        sizes[name] = (folder / f"{name}.npz").stat().st_size
+        assert latent_bytes < sizes[name] < latent_bytes + 1200, name  # the latents plus three small headers
+        assert not (folder / f"{name}_flip.npz").exists()
+
+    # --npz_legacy_arr0: kohya v0.6.x's arr_0 copy and <stem>_flip.npz, and the file twice the size
+    options = _options(flip_aug=True, legacy_arr0=True)
+    cache_latents(folder, in_json, out_json, tiny_vae_loaded, options)
+    for name in IMAGES:
+        with np.load(folder / f"{name}.npz") as npz:
+            assert set(npz.files) == {"latents", "original_size", "crop_ltrb", "latents_flipped", "arr_0"}
+            assert np.array_equal(npz["arr_0"], npz["latents"])
+            flipped = npz["latents_flipped"]
+        with np.load(folder / f"{name}_flip.npz") as flip_npz:
+            assert np.array_equal(flip_npz["arr_0"], flipped)
+        assert (folder / f"{name}.npz").stat().st_size > 2.9 * (sizes[name] - 1200)
+
+
+def test_cache_check_accepts_files_with_or_without_arr0(dataset, tiny_vae_loaded):
+    folder, in_json, out_json = dataset
+    cache_latents(folder, in_json, out_json, tiny_vae_loaded, _options(legacy_arr0=True))
+    result = cache_latents(folder, in_json, out_json, tiny_vae_loaded, _options(skip_existing=True))
+    assert (result.encoded, result.skipped_existing) == (0, 4)  # legacy files serve the current format
+
+    cache_latents(folder, in_json, out_json, tiny_vae_loaded, _options())
+    result = cache_latents(folder, in_json, out_json, tiny_vae_loaded, _options(skip_existing=True))
+    assert (result.encoded, result.skipped_existing) == (0, 4)  # files without arr_0 are complete
+    # asking for the legacy copy re-encodes files that lack it
+    result = cache_latents(folder, in_json, out_json, tiny_vae_loaded, _options(skip_existing=True, legacy_arr0=True))
+    assert (result.encoded, result.skipped_existing) == (4, 0)
