@@ -36,6 +36,12 @@ from lib_sdtrain.train.tensorboard_log import TensorBoardLog
 from lib_sdtrain.utils.files import check_safe_name
 from lib_sdtrain.utils.progress import Progress
 
+STORAGE_DEVICE = torch.device("cpu")
+"""Where a module that this run does not need on the accelerator waits (the VAE with cached latents, the text encoder
+with cached outputs); it comes back only for samples."""
+
+WEIGHT_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
 OOM_ADVICE = (
     "Out of memory. Lower train_batch_size or the resolution, turn on gradient_checkpointing, use mixed_precision "
     "fp16/bf16, or a smaller network_dim. Everything saved so far is kept."
@@ -92,7 +98,11 @@ class Trainer:
         model.vae.requires_grad_(False).eval()
         model.unet.requires_grad_(False)
         model.text_encoder.requires_grad_(False)
-        model.to(self.device)
+        self.offloaded: set[str] = set()
+        """Names of the modules kept on STORAGE_DEVICE instead of self.device (see _place_modules)."""
+        self.text_cache: dict[str, torch.Tensor] | None = None
+        model.unet.to(self.device)
+        model.text_encoder.to(self.device)
         if config.is_lora:
             spec = NetworkSpec(
                 rank=config.network_dim,
@@ -129,6 +139,9 @@ class Trainer:
                 model.text_encoder.enable_input_require_grads()
         model.unet.train()
         model.text_encoder.train(self.trains_text_encoder)
+        self._store_frozen_in_weight_dtype()
+        self._place_modules()
+        self._cache_text_encoder_outputs()
         self.params = [p for g in groups for p in g["params"]]
         self.optimizer = make_optimizer(config.optimizer_type, groups, config.learning_rate)
 
@@ -140,6 +153,84 @@ class Trainer:
         self.position = Position()
         if config.resume:
             self._resume(config.resume)
+
+    @property
+    def weight_dtype(self) -> torch.dtype:
+        """The dtype frozen weights are stored in: mixed_precision's, as kohya's weight_dtype."""
+        return WEIGHT_DTYPES.get(self.config.mixed_precision, torch.float32)
+
+    def _store_frozen_in_weight_dtype(self) -> None:
+        """kohya's rule: under mixed precision the weights no optimizer updates are stored in the mixed dtype (half
+        the memory and memory traffic; autocast would cast them at every forward anyway). Trained weights (LoRA
+        modules, a fine-tuned UNet or text encoder) stay fp32 for the optimizer. no_half_vae keeps the VAE fp32."""
+        dtype, model = self.weight_dtype, self.model
+        if dtype == torch.float32:
+            return
+        if self.network is not None:  # the LoRA modules are not the base modules' parameters: they stay fp32
+            model.unet.to(dtype=dtype)
+            model.text_encoder.to(dtype=dtype)
+        elif not self.trains_text_encoder:
+            model.text_encoder.to(dtype=dtype)
+        if self.config.ignored.get("no_half_vae") is not True:
+            model.vae.to(dtype=dtype)
+
+    def vae_needed(self) -> bool:
+        """Whether steps use the VAE: only when some item has no cached latents (kohya caches all or none)."""
+        return any(item.latents_path is None for item in self.items)
+
+    def text_encoder_needed(self) -> bool:
+        """Whether steps run the text encoder: not when its outputs are cached."""
+        return self.text_cache is None
+
+    def _place_modules(self) -> None:
+        """Put the VAE and text encoder on the device only when steps use them; else on STORAGE_DEVICE, which
+        frees their memory on a GPU (about 160 MB for SD1.5's VAE in fp16, 250 MB for its text encoder)."""
+        needed = {"vae": self.vae_needed(), "text_encoder": self.text_encoder_needed()}
+        for name, is_needed in needed.items():
+            getattr(self.model, name).to(self.device if is_needed else STORAGE_DEVICE)
+            if is_needed:
+                self.offloaded.discard(name)
+            else:
+                self.offloaded.add(name)
+
+    def _bring_back_offloaded(self) -> None:
+        for name in self.offloaded:
+            getattr(self.model, name).to(self.device)
+
+    def captions_fixed(self) -> bool:
+        """Whether every item's caption is the same at every step: no shuffle_caption and no caption_dropout_rate,
+        in the config or in any subset (an item's subset settings replace the config's). Token warmup, tag dropout
+        and caption_dropout_every_n_epochs are accepted but not implemented (config.IGNORED_KEYS), so change
+        nothing."""
+        augments = [item.augment or self.config for item in self.items]
+        return all(not a.shuffle_caption and not a.caption_dropout_rate for a in augments)
+
+    @torch.no_grad()
+    def _cache_text_encoder_outputs(self) -> None:
+        """With a frozen text encoder and fixed captions, each distinct caption is encoded once, here, instead of
+        at every step; the states wait on STORAGE_DEVICE (a large caption set would not fit a GPU) and the text
+        encoder leaves the device until samples."""
+        if self.trains_text_encoder or not self.captions_fixed():
+            return
+        captions = sorted({item.caption for item in self.items})
+        cache: dict[str, torch.Tensor] = {}
+        size = self.config.train_batch_size
+        for start in range(0, len(captions), size):
+            chunk = captions[start : start + size]
+            states = self._encode_captions(chunk)
+            cache.update({c: s.to(STORAGE_DEVICE).clone() for c, s in zip(chunk, states, strict=True)})
+        self.text_cache = cache
+        self._place_modules()
+
+    def _encode_captions(self, captions: list[str]) -> torch.Tensor:
+        ids = text.tokenize(self.model.tokenizer, captions, self.config.max_token_length)
+        with torch.set_grad_enabled(self.trains_text_encoder), self.accelerator.autocast():
+            return text.encode(self.model.text_encoder, ids, self.config.clip_skip)
+
+    def _text_states(self, captions: list[str]) -> torch.Tensor:
+        if self.text_cache is not None:
+            return torch.stack([self.text_cache[c] for c in captions]).to(self.device)
+        return self._encode_captions(captions)
 
     def _epoch_batches(self, epoch: int) -> list[list[int]]:
         """This process's share of the epoch: with several processes (data parallel) each takes every n-th batch,
@@ -213,9 +304,7 @@ class Trainer:
         timesteps = torch.randint(0, steps, (latents.shape[0],), generator=self.noise_generator).to(self.device)
         noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
 
-        ids = text.tokenize(self.model.tokenizer, captions, config.max_token_length)
-        with torch.set_grad_enabled(self.trains_text_encoder), self.accelerator.autocast():
-            states = text.encode(self.model.text_encoder, ids, config.clip_skip)
+        states = self._text_states(captions)
         with self.accelerator.autocast():
             prediction = self.model.unet(noisy, timesteps, encoder_hidden_states=states).sample
 
@@ -306,6 +395,7 @@ class Trainer:
             return
         was_training = self.model.unet.training
         self.model.unet.eval()
+        self._bring_back_offloaded()
         try:
             results = generate_samples(
                 self.model, self.prompts, self.output_dir / "sample", self.config.output_name,
@@ -318,6 +408,7 @@ class Trainer:
             results = []
         finally:
             self.model.unet.train(was_training)
+            self._place_modules()
         for path, image in results:
             self.samples.append(path)
             self.progress.image(image, caption=path.name, path=path)
@@ -335,6 +426,7 @@ class Trainer:
             f"{_plural(self.total_steps, 'step')}"
             + (f", resuming at step {self.position.step}" if self.position.step else ""),
             f"{sum(p.numel() for p in self.params):,} trainable parameters; {self._rates()}",
+            self._memory_line(),
             f"Output: {self.output_dir / (config.output_name + '.safetensors')} ({config.save_precision})",
         ]
         lines += [
@@ -354,6 +446,22 @@ class Trainer:
         loras = (("UNet", self.network.unet_loras), ("text encoder", self.network.text_encoder_loras))
         parts = [name for name, modules in loras if any(p.requires_grad for p in modules.parameters())]
         return text + f"; trains the {' and '.join(parts)})"
+
+    def _memory_line(self) -> str:
+        """Where the frozen weights are kept and what is computed once rather than at every step."""
+        dtype = str(self.weight_dtype).removeprefix("torch.")
+        mixed = self.weight_dtype != torch.float32
+        parts = [f"frozen weights stored in {dtype}, trained weights in fp32" if mixed else "all weights in fp32"]
+        if "vae" in self.offloaded:
+            parts.append(f"VAE kept on {STORAGE_DEVICE} (latents cached; it comes back for samples)")
+        if self.text_cache is not None:
+            parts.append(
+                f"text encoder outputs cached ({_plural(len(self.text_cache), 'distinct caption')} encoded once; "
+                f"the text encoder kept on {STORAGE_DEVICE})"
+            )
+        elif not self.trains_text_encoder:
+            parts.append("text encoder outputs not cached: captions change per step (shuffle_caption or dropout)")
+        return "; ".join(parts)
 
     def _data_line(self) -> str:
         return describe_items(self.items)
@@ -392,13 +500,12 @@ class Trainer:
                 for batch_index in range(self.position.batch if epoch == self.position.epoch else 0, len(batches)):
                     batch = [self.items[i] for i in batches[batch_index]]
                     loss = self._guarded(lambda: self._loss(batch, epoch, batch_index))  # noqa: B023
-                    if not torch.isfinite(loss):
-                        kept = f" The last good save is kept: {self.last_good_save}." if self.last_good_save else ""
-                        raise TrainingDiverged(
-                            f"The loss became {loss.item()} at step {self.position.step + 1}; training stopped.{kept} "
-                            "Lower learning_rate, use mixed_precision bf16 or no, or check the data."
-                        )
                     self._guarded(lambda: self.accelerator.backward(loss / config.gradient_accumulation_steps))  # noqa: B023
+                    # The one read of the loss (a device sync) per batch, after backward so the queued work is not
+                    # waited for twice; it serves the NaN check, the progress and the log. A NaN reaches only the
+                    # gradients here: the check below comes before any optimizer step.
+                    loss_value = loss.detach().item()
+                    self._check_finite(loss_value)
                     accumulated += 1
                     self.position.batch = batch_index + 1
                     if accumulated < config.gradient_accumulation_steps and batch_index + 1 < len(batches):
@@ -406,7 +513,7 @@ class Trainer:
                     accumulated = 0
                     self._optimizer_step()
                     self.position.step += 1
-                    losses.append(loss.item())
+                    losses.append(loss_value)
                     epoch_losses.append(losses[-1])
                     average = sum(epoch_losses) / len(epoch_losses)
                     lrs = self.lr_scheduler.get_last_lr()
@@ -447,6 +554,14 @@ class Trainer:
         if self.guard.rescued:
             progress.message(self.guard.outcome())
         return TrainResult(output, self.position.step, losses, state_dir, self.samples)
+
+    def _check_finite(self, loss: float) -> None:
+        if not math.isfinite(loss):
+            kept = f" The last good save is kept: {self.last_good_save}." if self.last_good_save else ""
+            raise TrainingDiverged(
+                f"The loss became {loss} at step {self.position.step + 1}; training stopped.{kept} "
+                "Lower learning_rate, use mixed_precision bf16 or no, or check the data."
+            )
 
     def _guarded(self, fn):
         try:
@@ -545,6 +660,15 @@ def _make_accelerator(config: TrainConfig):
     AcceleratorState._reset_state(reset_partial_state=False)
     GradientState._reset_state()
     mixed = config.mixed_precision
+    if torch.cuda.is_available():
+        _set_tf32(config.allow_tf32)
     if mixed == "fp16" and not torch.cuda.is_available():
         raise ConfigError("mixed_precision fp16 needs a GPU; use bf16 or no on this machine.")
     return Accelerator(mixed_precision=mixed, cpu=not torch.cuda.is_available())
+
+
+def _set_tf32(allowed: bool) -> None:
+    """TF32 matmuls and convolutions on Ampere and newer GPUs (fp32 range, 10-bit mantissa, several times faster
+    for fp32 work), as the WebUI and diffusers' examples (--allow_tf32) use; no effect on older GPUs or the CPU."""
+    torch.backends.cuda.matmul.allow_tf32 = allowed
+    torch.backends.cudnn.allow_tf32 = allowed

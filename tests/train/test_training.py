@@ -51,12 +51,14 @@ def distance_to_data(latents: torch.Tensor) -> float:
     return float((latents - target_latent()).pow(2).mean().sqrt())
 
 
-def test_lora_learns_the_concept_and_the_file_carries_it(tiny_sd_dir, sks_dataset, tmp_path):
+@pytest.mark.parametrize("mixed_precision", ["no", "bf16"])
+def test_lora_learns_the_concept_and_the_file_carries_it(tiny_sd_dir, sks_dataset, tmp_path, mixed_precision):
+    """Under bf16 the frozen base is stored in bf16 (issue 11); the LoRA must learn as well as in fp32."""
     base = load_sd_model(tiny_sd_dir)
     loss_before = eval_loss(base)
     sks_before, photo_before = generate_latent(base, "sks"), generate_latent(base, "a photo")
 
-    result = train(config_for(tiny_sd_dir, sks_dataset, tmp_path))
+    result = train(config_for(tiny_sd_dir, sks_dataset, tmp_path, mixed_precision=mixed_precision))
     assert result.steps == 200 and result.output.is_file()
     assert sum(result.losses[-20:]) / 20 < sum(result.losses[:20]) / 20
 
