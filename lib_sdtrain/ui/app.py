@@ -81,20 +81,25 @@ def build_ui(host, css: str | None = None) -> gr.Blocks:
         blocks.load(train.restore, None, train.restore_outputs)
 
         def after_job(job_id):
-            """A job just finished: show what it changed."""
+            """A job just finished: show what it changed (results, and a new LoRA in Generate's list)."""
             job = runner().get(job_id) if job_id else None
-            unchanged = [gr.update()] * (len(prepare.outputs) + len(dataset.report_outputs))
-            if job is None or job.result is None:
-                return unchanged
-            if job.kind == "prepare":
-                return [*prepare_tab.result_values(job.result), *([gr.update()] * len(dataset.report_outputs))]
-            if job.kind == "report":
-                return [*([gr.update()] * len(prepare.outputs)), *dataset_tab.report_values(job.result)]
-            return unchanged
+            prepared = [gr.update()] * len(prepare.outputs)
+            reported = [gr.update()] * len(dataset.report_outputs)
+            loras = [gr.update()] * len(generate_models[1:])
+            if job is not None and job.result is not None:
+                if job.kind == "prepare":
+                    prepared = list(prepare_tab.result_values(job.result))
+                elif job.kind == "report":
+                    reported = list(dataset_tab.report_values(job.result))
+            if job is not None and job.kind == "train" and loras:
+                from lib_sdtrain.ui import generate_tab
 
-        finished.change(after_job, [finished], [*prepare.outputs, *dataset.report_outputs]).then(
-            dataset.refresh, dataset.filter_inputs, dataset.gallery_outputs
-        )
+                loras = [gr.update(choices=generate_tab.lora_choices(host))]
+            return [*prepared, *reported, *loras]
+
+        finished.change(
+            after_job, [finished], [*prepare.outputs, *dataset.report_outputs, *generate_models[1:]]
+        ).then(dataset.refresh, dataset.filter_inputs, dataset.gallery_outputs)
         if demo_controls is not None:
             button, notice = demo_controls
             button.click(

@@ -173,8 +173,7 @@ def test_from_images_to_a_lora_by_clicking(app, browser, page, shot):
 
     # Generate: the new LoRA is listed; with it the image differs from the same seed without it.
     open_tab(page, "4. Generate")
-    page.click("#sdtrain_gen_refresh")
-    choose(page, "sdtrain_gen_lora", "demo.safetensors")
+    choose(page, "sdtrain_gen_lora", "demo.safetensors")  # listed when the training finished
     set_value(page, "sdtrain_gen_prompt", "sks, creature")
     for label, value in (("Width", 96), ("Height", 96), ("Steps", 8)):
         page.get_by_label(label, exact=True).fill(str(value))
