@@ -70,7 +70,6 @@ def prepare_buckets_latents(
         options.buckets,
         metadata=result.metadata,
         tokenizer=tokenizer,
-        warnings=result.notes,
         recursive=options.recursive,
     )
     report_path, histogram_path = report.write(out_json.parent, out_json.stem)

@@ -54,7 +54,6 @@ class LatentCacheResult:
     encoded: int = 0
     skipped_existing: int = 0
     added_keys: list[str] = field(default_factory=list)  # images that had no entry in the input metadata
-    notes: list[str] = field(default_factory=list)
 
 
 @dataclass

@@ -206,12 +206,11 @@ def test_full_path_keys_and_subfolders(dataset, tiny_vae_loaded):
     in_json = folder.parent / "full.json"
     in_json.write_text(json.dumps({str(folder / "sq1.png"): {"caption": "one"}}))
     options = _options(full_path=True, recursive=True)
-    result = cache_latents(folder, in_json, out_json, tiny_vae_loaded, options)
+    cache_latents(folder, in_json, out_json, tiny_vae_loaded, options)
     meta = json.loads(out_json.read_text())
     assert meta[str(folder / "sq1.png")] == {"caption": "one", "train_resolution": [128, 128]}
     assert meta[str(folder / "sub" / "tall.png")] == {"train_resolution": [64, 192]}
     assert (folder / "sub" / "tall.npz").is_file()  # beside the image, as kohya with --recursive --full_path
-    assert result.notes == []
 
     with pytest.raises(ConfigError, match="--full_path"):
         cache_latents(folder, in_json, out_json, tiny_vae_loaded, _options(recursive=True))
