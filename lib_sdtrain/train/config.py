@@ -20,6 +20,9 @@ import tomllib
 
 from lib_sdtrain.errors import ConfigError
 
+# Keys outside the schema that training reads all the same (config.ignored): never reported as unused.
+HONOURED_OUTSIDE_SCHEMA = frozenset({"no_half_vae", "training_comment"})
+
 # kohya (and kohya_ss GUI) keys SD-Train does not implement, accepted only at the values that change nothing
 # (kohya's or the GUI's defaults), so GUI-written configs load; () accepts any value (speed-only, or used only by a
 # feature that is off). Any other value is refused naming the key. Also reported as unused, as IGNORED_KEYS are.

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from lib_sdtrain.errors import Cancelled, ConfigError, OutputError, SDTrainError
 from lib_sdtrain.models.sd_model import SDModel
 from lib_sdtrain.train import data, text
-from lib_sdtrain.train.config import KOHYA_DEFAULTS, TrainConfig
+from lib_sdtrain.train.config import HONOURED_OUTSIDE_SCHEMA, KOHYA_DEFAULTS, TrainConfig
 from lib_sdtrain.train.network.kohya_file import SAVE_DTYPES, load_lora, save_lora
 from lib_sdtrain.train.network.lora import LoRANetwork, NetworkSpec
 from lib_sdtrain.train.optim import make_lr_scheduler, make_optimizer
@@ -482,8 +482,9 @@ class Trainer:
         config, progress = self.config, self.progress
         self.check_room()
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        if config.ignored:
-            progress.message(f"Accepted but not used by SD-Train: {', '.join(sorted(config.ignored))}")
+        unused = sorted(set(config.ignored) - HONOURED_OUTSIDE_SCHEMA)
+        if unused:
+            progress.message(f"Accepted but not used by SD-Train: {', '.join(unused)}")
         progress.message(self.summary())
         log = TensorBoardLog(config.logging_dir, config.output_name, progress)
         progress.start(self.total_steps, "training")

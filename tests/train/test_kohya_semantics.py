@@ -260,3 +260,12 @@ def test_progress_after_resume_ends_at_the_total(tiny_sd_dir, sks_dataset, tmp_p
     train(config_for(tiny_sd_dir, sks_dataset, tmp_path / "r", max_train_steps=6, resume=str(state_dir)),
           progress=progress)  # fmt: skip
     assert progress.shown == 6 and progress.state.done == 6
+
+
+def test_keys_training_reads_are_not_reported_as_unused(tiny_sd_dir, sks_dataset, tmp_path):
+    settings = train_settings(tiny_sd_dir, sks_dataset, tmp_path / "out", max_train_steps=1, no_half_vae=True,
+                              training_comment="first try", xformers=True)  # fmt: skip
+    progress = CallbackProgress()
+    train(load_config(None, settings), progress=progress)
+    unused = [m for m in progress.messages if m.startswith("Accepted but not used")]
+    assert unused == ["Accepted but not used by SD-Train: xformers"]
