@@ -703,17 +703,22 @@ def flatten_toml(data: dict[str, Any]) -> dict[str, Any]:
     return flat
 
 
+def read_toml(path: str | Path, what: str = "Config file") -> dict[str, Any]:
+    """The tables of a TOML file; ConfigError saying what is wrong when it is missing or not TOML."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{what} not found: {path}")
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{what} {path.name} is not valid TOML: {e}") from e
+
+
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
     """Read `path` (TOML), apply `overrides` (CLI flags win, as in kohya), validate."""
     values: dict[str, Any] = {}
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"Config file not found: {path}")
-        try:
-            values = flatten_toml(tomllib.loads(path.read_text(encoding="utf-8")))
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-            raise ConfigError(f"{path.name} is not valid TOML: {e}") from e
+        values = flatten_toml(read_toml(path))
     values.update({k: v for k, v in (overrides or {}).items() if v is not None})
     config = config_from_dict(values)
     config.validate()

@@ -29,10 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import tomllib
-
 from lib_sdtrain.errors import ConfigError
-from lib_sdtrain.train.config import TrainConfig
+from lib_sdtrain.train.config import TrainConfig, read_toml
 
 
 @dataclass(frozen=True)
@@ -131,12 +129,7 @@ def read_dataset_config(path: str | Path, config: TrainConfig) -> DatasetSpec:
     """The dataset that `path` describes, with kohya's fallbacks to `config`; ConfigError naming any key that
     SD-Train would otherwise ignore."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"dataset_config not found: {path}")
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise ConfigError(f"dataset_config {path.name} is not valid TOML: {e}") from e
+    data = read_toml(path, "dataset_config")
     _check_keys(data, {"general", "datasets"}, f"{path.name}: top level")
     general = _table(data.get("general", {}), "[general]")
     _check_keys(general, _DATASET_KEYS, "[general]")

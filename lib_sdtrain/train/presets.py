@@ -11,10 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import tomllib
-
 from lib_sdtrain.errors import ConfigError
-from lib_sdtrain.train.config import IGNORED_KEYS, flatten_toml
+from lib_sdtrain.train.config import IGNORED_KEYS, flatten_toml, read_toml
 from lib_sdtrain.train.options import OPTIONS, coerce_value, config_to_toml, display_value, option_by_name
 from lib_sdtrain.utils.files import atomic_write_text, check_safe_name
 
@@ -84,10 +82,7 @@ def describe_preset(values: dict[str, Any]) -> list[tuple[str, str, str]]:
 
 def read_preset(path: Path, builtin: bool) -> Preset:
     """A preset file, its values checked against the schema; ConfigError names the file and the bad key."""
-    try:
-        raw = flatten_toml(tomllib.loads(path.read_text(encoding="utf-8")))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
-        raise ConfigError(f"Preset {path.name} cannot be read: {e}") from e
+    raw = flatten_toml(read_toml(path, "Preset"))
     values: dict[str, Any] = {}
     for key, value in raw.items():
         try:
