@@ -21,14 +21,13 @@ import tomllib
 from lib_sdtrain.errors import ConfigError
 
 # Keys outside the schema that training reads all the same (config.ignored): never reported as unused.
-HONOURED_OUTSIDE_SCHEMA = frozenset({"no_half_vae", "training_comment"})
+HONOURED_OUTSIDE_SCHEMA = frozenset({"no_half_vae"})
 
 # kohya (and kohya_ss GUI) keys SD-Train does not implement, accepted only at the values that change nothing
 # (kohya's or the GUI's defaults), so GUI-written configs load; () accepts any value (speed-only, or used only by a
 # feature that is off). Any other value is refused naming the key. Also reported as unused, as IGNORED_KEYS are.
 DEFAULT_ONLY_KEYS: dict[str, tuple] = {
     "no_half_vae": (),  # true keeps the VAE in fp32 under mixed precision (read from config.ignored by the loop)
-    "dynamo_backend": (),  # torch.compile backend: speed only
     "epoch": (),  # the GUI's field; sd-scripts reads max_train_epochs, which the GUI writes too
     "loss_type": ("l2",),
     "huber_c": (),  # used only with loss_type huber or smooth_l1
@@ -54,20 +53,15 @@ DEFAULT_ONLY_KEYS: dict[str, tuple] = {
     "vae": (None, ""),
     "dim_from_weights": (False,),
     "network_multiplier": (None, 1),
+    "face_crop_aug_range": (None, ""),  # face-centred crops from face positions in file names: not implemented
 }
 
 # Options kohya accepts that change nothing here (speed switches this implementation does differently, or features
 # not built yet). They are accepted so the tutorial's config files load, and named in a warning.
 IGNORED_KEYS = frozenset(
     {
-        "xformers", "mem_eff_attn", "sdpa", "lowram", "debug_dataset", "vae_batch_size",
-        "persistent_data_loader_workers",
-        "log_prefix", "save_n_epoch_ratio", "save_last_n_epochs", "save_last_n_epochs_state", "no_metadata",
-        "training_comment", "sample_sampler", "save_model_as", "color_aug", "face_crop_aug_range",
-        "token_warmup_min", "token_warmup_step", "caption_dropout_every_n_epochs", "lr_scheduler_power",
-        "max_grad_norm_type", "full_fp16", "full_bf16", "v2", "cache_latents", "cache_latents_to_disk",
-        "max_data_loader_n_workers", "enable_bucket", "bucket_no_upscale", "random_crop",
-        "optimizer_args", "lr_scheduler_num_cycles", "caption_tag_dropout_rate", "scale_v_pred_loss_like_noise_pred",
+        "xformers", "mem_eff_attn", "sdpa", "lowram", "debug_dataset", "persistent_data_loader_workers",
+        "log_prefix", "max_grad_norm_type", "v2", "scale_v_pred_loss_like_noise_pred",
         *DEFAULT_ONLY_KEYS,
     }
 )  # fmt: skip
@@ -92,8 +86,19 @@ NETWORK_MODULES = ("networks.lora", "lycoris.kohya")
 MIXED_PRECISIONS = ("no", "fp16", "bf16")
 SAVE_PRECISIONS = ("fp16", "bf16", "float", "fp32")  # lib_sdtrain.train.network.kohya_file.SAVE_DTYPES
 OPTIMIZERS = ("AdamW", "AdamW8bit", "Lion", "Adafactor", "Prodigy")  # lib_sdtrain.train.optim.make_optimizer
-# diffusers' schedules that need no extra arguments (piecewise_constant needs step rules kohya has no key for).
-LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
+# kohya v0.9's lr_scheduler names (lib_sdtrain.train.optim.make_lr_scheduler); piecewise_constant is refused there,
+# as it needs lr_scheduler_args step rules.
+LR_SCHEDULERS = (
+    "constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial", "adafactor",
+    "inverse_sqrt", "cosine_with_min_lr", "warmup_stable_decay", "piecewise_constant",
+)  # fmt: skip
+# kohya's sample_sampler names (lib_sdtrain.train.sampling.sample_scheduler); k_* are aliases of the plain names.
+SAMPLE_SAMPLERS = (
+    "ddim", "pndm", "lms", "euler", "euler_a", "heun", "dpm_2", "dpm_2_a", "dpmsolver", "dpmsolver++", "dpmsingle",
+    "k_lms", "k_euler", "k_euler_a", "k_dpm_2", "k_dpm_2_a",
+)  # fmt: skip
+# kohya's save_model_as: a LoRA is safetensors or ckpt/pt (a torch pickle); a fine-tune also a diffusers folder.
+SAVE_MODEL_FORMATS = ("safetensors", "ckpt", "pt", "diffusers", "diffusers_safetensors")
 MAX_TOKEN_LENGTHS = (75, 150, 225)
 # network_args keys: kohya networks.lora's LoCon ones, and LyCORIS' algo limited to what LoRANetwork builds.
 NETWORK_ARG_ALGOS = ("lora", "locon")
@@ -103,7 +108,13 @@ INTERNAL_FIELDS = frozenset({"ignored", "given"})
 
 # SD-Train defaults that differ from kohya's: the start-of-training summary names them when a config leaves them
 # unset, so a kohya user is not surprised (value as kohya's default reads).
-KOHYA_DEFAULTS: dict[str, str] = {"learning_rate": "2e-06", "save_precision": "fp32", "seed": "a random seed"}
+KOHYA_DEFAULTS: dict[str, str] = {
+    "learning_rate": "2e-06",
+    "save_precision": "fp32",
+    "seed": "a random seed",
+    "cache_latents": "false",
+    "enable_bucket": "false",
+}
 
 
 def opt(
@@ -204,6 +215,20 @@ class TrainConfig:
         "it must be a multiple of 8.",
         "dataset",
     )
+    enable_bucket: bool = opt(
+        True,
+        "Aspect-ratio buckets: each image trains at the bucket of about `resolution`'s area nearest its shape. Off "
+        "(kohya's default): every image is resized to cover `resolution` and cropped to it. Metadata with "
+        "train_resolution (from `sdtrain buckets`) always uses its buckets.",
+        "dataset",
+    )
+    bucket_no_upscale: bool = opt(
+        False,
+        "Never enlarge an image: its bucket is its own size (shrunk to `resolution`'s area when larger) with the "
+        "sides cut down to multiples of bucket_reso_steps; min/max_bucket_reso are not used. For metadata datasets "
+        "it says the cached latents were made so by `sdtrain buckets --bucket_no_upscale`.",
+        "dataset",
+    )
     shuffle_caption: bool = opt(
         False,
         "Shuffle the comma-separated tags of each caption at every step, so no tag order is learnt; keep_tokens "
@@ -233,6 +258,73 @@ class TrainConfig:
         False,
         "Also train on horizontally mirrored images: more variety for symmetric subjects; leave off for text, "
         "logos or one-sided features.",
+        "dataset",
+    )
+    random_crop: bool = opt(
+        False,
+        "Crop an image to its bucket at a random place at each step instead of the centre (kohya's random_crop); "
+        "without buckets an image larger than `resolution` is cut at its own scale, as in kohya. Images are then "
+        "encoded at every step: it cannot be used with cached latents (cache_latents true or .npz files).",
+        "dataset",
+    )
+    color_aug: bool = opt(
+        False,
+        "Weak colour augmentation (kohya's color_aug): a third of the steps shift an image's hue (up to 16 "
+        "degrees) or its gamma (0.95 to 1.05). Images are then encoded at every step: not with cached latents.",
+        "dataset",
+    )
+    caption_prefix: str | None = opt(
+        None, "Text put before every caption, with a space (kohya's caption_prefix). Empty: none.", "dataset"
+    )
+    caption_suffix: str | None = opt(
+        None, "Text put after every caption, with a space (kohya's caption_suffix). Empty: none.", "dataset"
+    )
+    caption_separator: str = opt(
+        ",",
+        "What separates the tags of a caption for shuffle_caption, keep_tokens, tag dropout and token warmup "
+        "(kohya's caption_separator); the processed tags are joined with ', '.",
+        "dataset",
+    )
+    keep_tokens_separator: str = opt(
+        "",
+        "A marker such as ||| in captions: the tags before it stay first and unshuffled, and the tags after a "
+        "second marker stay last (kohya's keep_tokens_separator; it replaces keep_tokens in captions that have it). "
+        "Used, and removed, only with shuffle_caption, caption_tag_dropout_rate or token_warmup_step, as in kohya. "
+        "Empty: none.",
+        "dataset",
+    )
+    secondary_separator: str | None = opt(
+        None,
+        "A second tag separator, e.g. ;;; in 'red hair;;;long hair': such tags are shuffled and dropped together "
+        "and the separator becomes caption_separator afterwards (kohya's secondary_separator). Empty: none.",
+        "dataset",
+    )
+    enable_wildcard: bool = opt(
+        False,
+        "Wildcards in captions (kohya's enable_wildcard): {red|blue} picks one choice at each step, and a caption "
+        "file with several lines gives one line at random ({{ and }} are plain braces). Off: the first line only.",
+        "dataset",
+    )
+    caption_tag_dropout_rate: float = opt(
+        0.0,
+        "Chance (0 to 1) that each tag after keep_tokens is left out at a step (kohya's caption_tag_dropout_rate), "
+        "so no single tag carries the concept. 0: never.",
+        "dataset",
+    )
+    caption_dropout_every_n_epochs: int = opt(
+        0,
+        "Train every n-th epoch with empty captions (kohya's caption_dropout_every_n_epochs). 0: never.",
+        "dataset",
+    )
+    token_warmup_min: int = opt(
+        1,
+        "Token warmup: how many tags (after the kept ones) captions start with (kohya's token_warmup_min).",
+        "dataset",
+    )
+    token_warmup_step: float = opt(
+        0.0,
+        "Token warmup: the step by which captions have grown from token_warmup_min tags to all of them; below 1 "
+        "it is a fraction of max_train_steps (kohya's token_warmup_step). 0: off, whole captions from the start.",
         "dataset",
     )
     # --- network (None: full fine-tune)
@@ -325,6 +417,13 @@ class TrainConfig:
         choices=OPTIMIZERS,
         common=True,
     )
+    optimizer_args: list[str] = opt(  # noqa: RUF009 - opt gives a list a default_factory
+        [],
+        'Extra optimizer settings as kohya writes them, "key=value" texts with Python literal values: '
+        '"weight_decay=0.01", "betas=0.9,0.99", "relative_step=False". Adafactor defaults to kohya\'s '
+        "relative_step=True (its own step size and schedule; learning rates then only set the first step).",
+        "optimizer",
+    )
     max_grad_norm: float = opt(
         1.0,
         "Clip the gradient norm to this value, against loss spikes (kohya's max_grad_norm). 0: no clipping.",
@@ -337,11 +436,35 @@ class TrainConfig:
         "optimizer",
         choices=LR_SCHEDULERS,
     )
-    lr_warmup_steps: int = opt(
+    lr_warmup_steps: int | float = opt(
         0,
-        "Steps over which the learning rate ramps up from 0 at the start; the plain constant schedule ignores it. "
-        "0: no warm-up.",
+        "Steps over which the learning rate ramps up from 0 at the start, or a fraction of the run below 1 (0.1: "
+        "the first tenth), as kohya v0.9. constant and adafactor take none (an error, as in kohya). 0: no warm-up.",
         "optimizer",
+    )
+    lr_scheduler_num_cycles: int = opt(
+        1,
+        "Cosine waves of cosine_with_restarts (restarts + 1); also the cycles of cosine_with_min_lr and "
+        "warmup_stable_decay's decay, as kohya counts them.",
+        "optimizer",
+    )
+    lr_scheduler_power: float = opt(
+        1.0, "Power of the polynomial schedule's decay: 1 is linear, higher drops faster at first.", "optimizer"
+    )
+    lr_scheduler_min_lr_ratio: float | None = opt(
+        None,
+        "The lowest learning rate as a fraction of the starting one, for cosine_with_min_lr (required there) and "
+        "warmup_stable_decay (empty: 0).",
+        "optimizer",
+    )
+    lr_decay_steps: int | float = opt(
+        0,
+        "warmup_stable_decay: steps of the final decay, or a fraction of the run below 1; the steps between "
+        "warm-up and decay keep the full rate.",
+        "optimizer",
+    )
+    lr_scheduler_timescale: int | None = opt(
+        None, "inverse_sqrt: the timescale of the decay. Empty: lr_warmup_steps, as in kohya.", "optimizer"
     )
     # --- training
     max_train_steps: int = opt(
@@ -378,6 +501,18 @@ class TrainConfig:
         choices=MIXED_PRECISIONS,
         common=True,
     )
+    full_fp16: bool = opt(
+        False,
+        "Keep the trained weights in fp16 too, not fp32 (kohya's full_fp16; needs mixed_precision fp16): the "
+        "least memory, at the risk of updates too small for fp16 to register.",
+        "training",
+    )
+    full_bf16: bool = opt(
+        False,
+        "Keep the trained weights in bf16 too, not fp32 (kohya's full_bf16; needs mixed_precision bf16): less "
+        "memory; best with an optimizer that tolerates it (Adafactor, AdamW with a larger learning rate).",
+        "training",
+    )
     allow_tf32: bool = opt(
         True,
         "On RTX 30xx and newer GPUs, run fp32 matrix products in TF32 (much faster, precision ample for training, "
@@ -389,6 +524,38 @@ class TrainConfig:
         False,
         "Recompute activations during the backward pass instead of keeping them: far less GPU memory, roughly "
         "20-30 percent slower.",
+        "training",
+    )
+    cache_latents: bool = opt(
+        True,
+        "Encode each image folder's images with the VAE once before training and keep the latents in memory, "
+        "instead of at every step: much faster, and the VAE leaves the GPU. Off, or an option that changes the "
+        "pixels at every step (random_crop, color_aug), encodes at each step. Metadata datasets use the latents "
+        "`sdtrain buckets` cached. kohya's default is off.",
+        "training",
+    )
+    cache_latents_to_disk: bool = opt(
+        False,
+        "Also write the cached latents as kohya's .npz beside each image, and reuse them in later runs when "
+        "they match the image's bucket.",
+        "training",
+    )
+    vae_batch_size: int = opt(
+        1,
+        "Images per VAE call when caching latents (kohya's vae_batch_size): higher is faster, needs more memory.",
+        "training",
+    )
+    max_data_loader_n_workers: int = opt(
+        8,
+        "Threads that load and prepare the next batches while the GPU trains (kohya's max_data_loader_n_workers; "
+        "at most the CPU count minus one). 0: load each batch when it is needed.",
+        "training",
+    )
+    dynamo_backend: str = opt(
+        "no",
+        "Compile the UNet with torch.compile and this backend (kohya's dynamo_backend): inductor is usually "
+        "fastest on a GPU after a slow first step; no: off. Falls back to no compilation, with a message, where "
+        "the backend fails.",
         "training",
     )
     noise_offset: float = opt(
@@ -454,6 +621,46 @@ class TrainConfig:
     save_every_n_steps: int | None = opt(
         None, "Also save <name>-step00000500.safetensors every n optimizer steps. Empty: off.", "saving"
     )
+    save_n_epoch_ratio: int | None = opt(
+        None,
+        "Save about this many intermediate files over the run, evenly: sets save_every_n_epochs to epochs / n "
+        "(at least 1), as kohya. Empty: off.",
+        "saving",
+    )
+    save_last_n_epochs: int | None = opt(
+        None,
+        "Keep only the newest n epoch saves: an older <name>-0000NN file is deleted when a new one is written, "
+        "as kohya. Empty: keep all.",
+        "saving",
+    )
+    save_last_n_epochs_state: int | None = opt(
+        None, "Keep only the newest n epoch states (<name>-0000NN-state). Empty: save_last_n_epochs.", "saving"
+    )
+    save_last_n_steps: int | None = opt(
+        None,
+        "Keep the step saves of only the last n steps: older <name>-stepNNNNNNNN files are deleted, as kohya. "
+        "Empty: keep all.",
+        "saving",
+    )
+    save_last_n_steps_state: int | None = opt(
+        None, "Keep the step states of only the last n steps. Empty: save_last_n_steps.", "saving"
+    )
+    save_model_as: str = opt(
+        "safetensors",
+        "File format: safetensors (what the WebUI prefers), ckpt or pt (a torch pickle; a LoRA's holds no "
+        "metadata); a full fine-tune also diffusers or diffusers_safetensors (a diffusers model folder).",
+        "saving",
+        choices=SAVE_MODEL_FORMATS,
+    )
+    no_metadata: bool = opt(
+        False,
+        "Write only kohya's minimum ss_* metadata into a LoRA (base model, network and resolution settings; no "
+        "dataset, tags or training settings), as kohya's no_metadata.",
+        "saving",
+    )
+    training_comment: str | None = opt(
+        None, "A note stored in the LoRA as ss_training_comment, shown by the WebUI. Empty: none.", "saving"
+    )
     save_state: bool = opt(
         False,
         "With each save, also write a resumable training state (<name>-000002-state folder with the optimizer "
@@ -475,10 +682,22 @@ class TrainConfig:
     )
     sample_prompts: str | None = opt(
         None,
-        "Text file of sample prompts, one per line in kohya's syntax: prompt --n negative --w 512 --h 512 "
-        "--d seed --s steps --l cfg. Empty: no samples.",
+        "File of sample prompts, as kohya reads it: a text file with one per line, prompt --n negative --w 512 "
+        "--h 512 --d seed --s steps --l cfg --ss sampler; or kohya's .toml ([prompt] with [[prompt.subset]]) or "
+        ".json (a list of lines or of objects). (word:1.2), [word] and prompts over 75 tokens read as in the "
+        "WebUI. Empty: no samples.",
         "sampling",
         common=True,
+    )
+    sample_sampler: str = opt(
+        "ddim",
+        "Sampler of the sample images (kohya's names; --ss in a prompt overrides it): ddim, euler, euler_a, "
+        "dpmsolver++, ...",
+        "sampling",
+        choices=SAMPLE_SAMPLERS,
+    )
+    sample_at_first: bool = opt(
+        False, "Also generate the sample images before the first step, to compare against.", "sampling"
     )
     # --- SD-Train's own (ignored by kohya; they never change training)
     trigger_word: str = opt(
@@ -551,9 +770,22 @@ class TrainConfig:
         ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, not {getattr(self, name)}.")
+        for name, needs in (("full_fp16", "fp16"), ("full_bf16", "bf16")):
+            if getattr(self, name) and self.mixed_precision != needs:
+                raise ConfigError(f"{name} needs mixed_precision = {needs!r}, not {self.mixed_precision!r}.")
+        if self.vae_batch_size < 1 or self.max_data_loader_n_workers < 0:
+            raise ConfigError("vae_batch_size must be at least 1 and max_data_loader_n_workers at least 0.")
         if self.network_train_unet_only and self.network_train_text_encoder_only:
             raise ConfigError("network_train_unet_only and network_train_text_encoder_only exclude each other.")
         self._check_network_args()
+        if self.is_lora and self.save_model_as.startswith("diffusers"):
+            raise ConfigError(
+                f"save_model_as = {self.save_model_as!r} is for full fine-tunes; a LoRA is saved as safetensors, "
+                "ckpt or pt, as in kohya."
+            )
+        from lib_sdtrain.train.optim import check_optimizer_settings
+
+        check_optimizer_settings(self)
 
     def _check_network_args(self) -> None:
         args = parse_network_args(self.network_args)

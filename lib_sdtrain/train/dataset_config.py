@@ -18,12 +18,14 @@ As in kohya's config_util, a subset's value comes from the subset, else its data
 training config (`dataset_repeats` stands for num_repeats, `train_batch_size` for batch_size), else kohya's default;
 dataset-level values (resolution, batch_size, buckets) replace the training config's. A key kohya knows that SD-Train
 does not implement is accepted only at kohya's default value (where it changes nothing); any other value, and any
-key kohya does not know, is refused naming the key. One `[[datasets]]` block is supported: kohya keeps several
-datasets apart (buckets, batch size and regularisation balance each), which SD-Train's single dataset cannot.
+key kohya does not know, is refused naming the key. Several `[[datasets]]` blocks train as one, as kohya's
+DatasetGroup: each with its own resolution, batch size, buckets and regularisation balance, and a batch never mixes
+two datasets.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +44,21 @@ class Augment:
     keep_tokens: int = 0
     caption_dropout_rate: float = 0.0
     flip_aug: bool = False
+    caption_prefix: str | None = None
+    caption_suffix: str | None = None
+    caption_separator: str = ","
+    keep_tokens_separator: str = ""
+    secondary_separator: str | None = None
+    enable_wildcard: bool = False
+    caption_tag_dropout_rate: float = 0.0
+    caption_dropout_every_n_epochs: int = 0
+    token_warmup_min: int = 1
+    token_warmup_step: float = 0.0
+    color_aug: bool = False
+    random_crop: bool = False
+
+
+AUGMENT_KEYS = tuple(f.name for f in dataclasses.fields(Augment))
 
 
 @dataclass(frozen=True)
@@ -59,26 +76,37 @@ class Subset:
 
 
 @dataclass(frozen=True)
-class DatasetSpec:
-    settings: dict[str, Any]  # TrainConfig fields that the dataset (or [general]) sets
+class Dataset:
+    """One `[[datasets]]` block: kohya builds one dataset (buckets, batches, regularisation balance) from it."""
+
+    settings: dict[str, Any]  # TrainConfig fields this dataset (or [general]) sets
     subsets: tuple[Subset, ...]
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    settings: dict[str, Any]  # TrainConfig fields that every dataset sets alike (they replace the config's)
+    datasets: tuple[Dataset, ...]
+
+    @property
+    def subsets(self) -> tuple[Subset, ...]:
+        return tuple(s for d in self.datasets for s in d.subsets)
 
 
 # Dataset-level keys SD-Train implements -> TrainConfig field.
 DATASET_FIELDS = {
     "resolution": "resolution",
     "batch_size": "train_batch_size",
+    "enable_bucket": "enable_bucket",
     "min_bucket_reso": "min_bucket_reso",
     "max_bucket_reso": "max_bucket_reso",
     "bucket_reso_steps": "bucket_reso_steps",
+    "bucket_no_upscale": "bucket_no_upscale",
 }
 # Subset-level keys SD-Train implements -> (TrainConfig field they fall back to, or None; kohya's default).
 SUBSET_FIELDS: dict[str, tuple[str | None, Any]] = {
     "num_repeats": ("dataset_repeats", 1),
-    "shuffle_caption": ("shuffle_caption", False),
-    "keep_tokens": ("keep_tokens", 0),
-    "caption_dropout_rate": ("caption_dropout_rate", 0.0),
-    "flip_aug": ("flip_aug", False),
+    **{key: (key, getattr(Augment(), key)) for key in AUGMENT_KEYS},
     "caption_extension": ("caption_extension", ".caption"),
     "class_tokens": (None, None),
 }
@@ -89,29 +117,15 @@ SUBSET_ONLY = ("image_dir", "is_reg", "metadata_file")
 # always does). Any other value is refused.
 _OFF = (None, False)
 DATASET_DEFAULT_ONLY: dict[str, tuple] = {
-    "enable_bucket": (True,),  # SD-Train always buckets; one fixed bucket is not implemented yet
-    "bucket_no_upscale": _OFF,
     "network_multiplier": (1, 1.0),
     "validation_split": (0, 0.0),
     "validation_seed": (),  # any value: without a validation split it chooses nothing
     "resize_interpolation": (None,),
 }
 SUBSET_DEFAULT_ONLY: dict[str, tuple] = {
-    "color_aug": _OFF,
-    "random_crop": _OFF,
     "face_crop_aug_range": (None,),
-    "keep_tokens_separator": (None, ""),
-    "secondary_separator": (None, ""),
-    "caption_separator": (None, ","),
-    "enable_wildcard": _OFF,
-    "token_warmup_min": (1,),
-    "token_warmup_step": (0, 0.0),
-    "caption_prefix": (None, ""),
-    "caption_suffix": (None, ""),
     "custom_attributes": (None, {}),
     "resize_interpolation": (None,),
-    "caption_dropout_every_n_epochs": (0,),
-    "caption_tag_dropout_rate": (0, 0.0),
     "cache_info": (),  # any value: kohya's cache of image sizes only saves start-up time
     "alpha_mask": _OFF,
 }
@@ -119,46 +133,53 @@ _SUBSET_KEYS = {*SUBSET_FIELDS, *SUBSET_DEFAULT_ONLY}  # may also sit in a datas
 _DATASET_KEYS = {*DATASET_FIELDS, *DATASET_DEFAULT_ONLY, *_SUBSET_KEYS}
 _TYPES: dict[str, type] = {
     "batch_size": int, "min_bucket_reso": int, "max_bucket_reso": int, "bucket_reso_steps": int,
+    "enable_bucket": bool, "bucket_no_upscale": bool,
     "num_repeats": int, "keep_tokens": int, "shuffle_caption": bool, "flip_aug": bool, "is_reg": bool,
     "caption_dropout_rate": float, "caption_extension": str, "class_tokens": str, "image_dir": str,
-    "metadata_file": str,
+    "metadata_file": str, "caption_prefix": str, "caption_suffix": str, "caption_separator": str,
+    "keep_tokens_separator": str, "secondary_separator": str, "enable_wildcard": bool,
+    "caption_tag_dropout_rate": float, "caption_dropout_every_n_epochs": int, "token_warmup_min": int,
+    "token_warmup_step": float, "color_aug": bool, "random_crop": bool,
 }  # fmt: skip
 
 
 def read_dataset_config(path: str | Path, config: TrainConfig) -> DatasetSpec:
-    """The dataset that `path` describes, with kohya's fallbacks to `config`; ConfigError naming any key that
+    """The datasets that `path` describes, with kohya's fallbacks to `config`; ConfigError naming any key that
     SD-Train would otherwise ignore."""
     path = Path(path)
     data = read_toml(path, "dataset_config")
     _check_keys(data, {"general", "datasets"}, f"{path.name}: top level")
     general = _table(data.get("general", {}), "[general]")
     _check_keys(general, _DATASET_KEYS, "[general]")
-    datasets = data.get("datasets", [])
-    if not isinstance(datasets, list) or not datasets:
+    blocks = data.get("datasets", [])
+    if not isinstance(blocks, list) or not blocks:
         raise ConfigError(f"dataset_config {path.name} has no [[datasets]] block.")
-    if len(datasets) > 1:
-        raise ConfigError(
-            f"dataset_config {path.name} has {len(datasets)} [[datasets]] blocks; SD-Train trains one. Put every "
-            "folder into one [[datasets]] as [[datasets.subsets]] (kohya balances regularisation images and makes "
-            "buckets per dataset, so several datasets would train differently)."
-        )
-    dataset = _table(datasets[0], "[[datasets]]")
-    _check_keys(dataset, _DATASET_KEYS | {"subsets"}, "[[datasets]]")
-    scopes = [dataset, general]  # nearest first, as kohya searches them
-    settings = {field: _value(key, scopes, "[[datasets]]") for key, field in DATASET_FIELDS.items()}
+    where = "[[datasets]]" if len(blocks) == 1 else "[[datasets]] {}"
+    datasets = tuple(
+        _dataset(_table(block, where.format(i + 1)), general, config, path, where.format(i + 1))
+        for i, block in enumerate(blocks)
+    )
+    shared = {k: v for k, v in datasets[0].settings.items() if all(d.settings.get(k) == v for d in datasets)}
+    return DatasetSpec(shared, datasets)
+
+
+def _dataset(table: dict, general: dict, config: TrainConfig, path: Path, where: str) -> Dataset:
+    _check_keys(table, _DATASET_KEYS | {"subsets"}, where)
+    scopes = [table, general]  # nearest first, as kohya searches them
+    settings = {field: _value(key, scopes, where) for key, field in DATASET_FIELDS.items()}
     settings = {k: v for k, v in settings.items() if v is not None}
-    _check_default_only(DATASET_DEFAULT_ONLY, scopes, "[[datasets]]")
-    subsets = dataset.get("subsets", [])
+    _check_default_only(DATASET_DEFAULT_ONLY, scopes, where)
+    subsets = table.get("subsets", [])
     if not isinstance(subsets, list) or not subsets:
-        raise ConfigError(f"dataset_config {path.name}: the [[datasets]] block has no [[datasets.subsets]].")
-    base = path.parent
-    parsed = tuple(_subset(_table(s, f"subset {i + 1}"), i, scopes, config, base) for i, s in enumerate(subsets))
+        raise ConfigError(f"dataset_config {path.name}: the {where} block has no [[datasets.subsets]].")
+    own = dataclasses.replace(config, **settings)  # the subsets fall back to this dataset's values
+    parsed = tuple(_subset(_table(s, f"subset {i + 1}"), i, scopes, own, path.parent) for i, s in enumerate(subsets))
     if any(s.metadata_file for s in parsed) and not all(s.metadata_file for s in parsed):
         raise ConfigError(
-            "dataset_config: subsets with metadata_file (fine-tuning style) and subsets without it (image folders) "
-            "cannot share a dataset, as in kohya."
+            f"dataset_config {where}: subsets with metadata_file (fine-tuning style) and subsets without it (image "
+            "folders) cannot share a dataset, as in kohya; put them into separate [[datasets]] blocks."
         )
-    return DatasetSpec(settings, parsed)
+    return Dataset(settings, parsed)
 
 
 def _subset(table: dict, index: int, scopes: list[dict], config: TrainConfig, base: Path) -> Subset:
@@ -179,9 +200,11 @@ def _subset(table: dict, index: int, scopes: list[dict], config: TrainConfig, ba
         raise ConfigError(f"{where}: is_reg is for image folders; a metadata_file subset cannot be regularisation.")
     if values["num_repeats"] < 1:
         raise ConfigError(f"{where}: num_repeats must be at least 1, not {values['num_repeats']}.")
-    augment = Augment(
-        values["shuffle_caption"], values["keep_tokens"], values["caption_dropout_rate"], values["flip_aug"]
-    )
+    augment = Augment(**{key: values[key] for key in AUGMENT_KEYS})
+    try:
+        check_augment(augment)
+    except ConfigError as e:
+        raise ConfigError(f"dataset_config {where}: {e}") from None
     return Subset(
         image_dir=_path(image_dir, base),
         num_repeats=values["num_repeats"],
@@ -191,6 +214,18 @@ def _subset(table: dict, index: int, scopes: list[dict], config: TrainConfig, ba
         metadata_file=_path(metadata_file, base),
         augment=augment,
     )
+
+
+def check_augment(augment: Augment | TrainConfig) -> None:
+    """ConfigError for caption and image augmentation values kohya would fail on or misread."""
+    for key in ("caption_dropout_rate", "caption_tag_dropout_rate"):
+        if not 0 <= getattr(augment, key) <= 1:
+            raise ConfigError(f"{key} must be between 0 and 1, not {getattr(augment, key)}.")
+    for key in ("keep_tokens", "caption_dropout_every_n_epochs", "token_warmup_min", "token_warmup_step"):
+        if getattr(augment, key) < 0:
+            raise ConfigError(f"{key} must be 0 or more, not {getattr(augment, key)}.")
+    if not augment.caption_separator:
+        raise ConfigError('caption_separator must not be empty (kohya\'s default is ",").')
 
 
 def _path(text: str | None, base: Path) -> Path | None:

@@ -15,6 +15,7 @@ import json
 import math
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,13 +26,25 @@ from lib_sdtrain.errors import Cancelled, ConfigError, OutputError, SDTrainError
 from lib_sdtrain.models.sd_model import SDModel
 from lib_sdtrain.train import data, text
 from lib_sdtrain.train.config import HONOURED_OUTSIDE_SCHEMA, KOHYA_DEFAULTS, TrainConfig
-from lib_sdtrain.train.network.kohya_file import SAVE_DTYPES, load_lora, save_lora
+from lib_sdtrain.train.latent_cache import LatentCache, build_latent_cache, latent_source
+from lib_sdtrain.train.network.kohya_file import SAVE_DTYPES, load_lora
 from lib_sdtrain.train.network.lora import LoRANetwork, NetworkSpec
 from lib_sdtrain.train.optim import make_lr_scheduler, make_optimizer
-from lib_sdtrain.train.outputs import OWNER_KEY, lora_metadata
+from lib_sdtrain.train.outputs import (
+    OWNER_KEY,
+    epoch_save_interval,
+    epoch_to_remove,
+    lora_metadata,
+    remove_old_save,
+    save_extension,
+    step_to_remove,
+    write_checkpoint,
+    write_lora,
+)
+from lib_sdtrain.train.prefetch import prefetched, worker_count
 from lib_sdtrain.train.safe_save import SaveGuard, check_output_writable, check_room, is_write_error, rescue_folder
-from lib_sdtrain.train.sampling import generate_samples, read_prompt_file
-from lib_sdtrain.train.state import Position, load_state, restore_rng, save_state
+from lib_sdtrain.train.sampling import check_samplers, generate_samples, read_prompt_file
+from lib_sdtrain.train.state import Position, load_scaler_state, load_state, restore_rng, save_state
 from lib_sdtrain.train.tensorboard_log import TensorBoardLog
 from lib_sdtrain.utils.files import check_safe_name
 from lib_sdtrain.utils.progress import Progress
@@ -61,6 +74,21 @@ class TrainResult:
     samples: list[Path] = field(default_factory=list)
 
 
+@dataclass
+class PreparedBatch:
+    """One batch's data, made on the CPU ahead of its step: cached latents, or pixels for the VAE to encode."""
+
+    items: list[data.TrainItem]
+    captions: list[str]
+    latents: torch.Tensor | None
+    pixels: torch.Tensor | None
+
+
+def _pinned(tensor: torch.Tensor) -> torch.Tensor:
+    """Page-locked memory on CUDA machines, so the copy to the GPU runs alongside the step (non_blocking)."""
+    return tensor.pin_memory() if torch.cuda.is_available() else tensor
+
+
 class Trainer:
     """Holds what one run needs; `run()` is the loop. Split into small methods so each concern reads on its own."""
 
@@ -71,13 +99,15 @@ class Trainer:
         self.progress = progress or Progress()
         self.items = data.collect_items(config)  # fail on a bad dataset before loading a model
         self.prompts = read_prompt_file(config.sample_prompts) if config.sample_prompts else []
+        check_samplers(self.prompts, config.sample_sampler)
         check_output_writable(config.output_dir, config.output_name)  # in seconds, not after loading the model
         self.model = model or _load_model(config)
         self.output_dir = Path(config.output_dir)
         self.accelerator = _make_accelerator(config)
         self.device = self.accelerator.device
         self.noise_scheduler = self.model.noise_scheduler()
-        self.noise_generator = torch.Generator().manual_seed(config.seed)
+        # Each process its own noise (process 0 the seed's own), as it trains on other images.
+        self.noise_generator = torch.Generator().manual_seed(config.seed + self.accelerator.process_index)
         self.network: LoRANetwork | None = None
         self.last_good_save: Path | None = None
         self.saves: list[Path] = []
@@ -101,6 +131,7 @@ class Trainer:
         self.offloaded: set[str] = set()
         """Names of the modules kept on STORAGE_DEVICE instead of self.device (see _place_modules)."""
         self.text_cache: dict[str, torch.Tensor] | None = None
+        self.latent_cache = LatentCache()
         model.unet.to(self.device)
         model.text_encoder.to(self.device)
         if config.is_lora:
@@ -139,17 +170,24 @@ class Trainer:
                 model.text_encoder.enable_input_require_grads()
         model.unet.train()
         model.text_encoder.train(self.trains_text_encoder)
-        self._store_frozen_in_weight_dtype()
+        self._store_weights_in_dtypes()
+        self._cache_latents()
         self._place_modules()
         self._cache_text_encoder_outputs()
         self.params = [p for g in groups for p in g["params"]]
-        self.optimizer = make_optimizer(config.optimizer_type, groups, config.learning_rate)
+        built = make_optimizer(config.optimizer_type, groups, config.learning_rate, config.optimizer_args)
+        self.optimizer_description = built.description  # kohya's ss_optimizer
+        optimizer = built.optimizer
+        # Through accelerate, so that under fp16 its GradScaler unscales the gradients before clipping and skips a
+        # step whose gradients overflowed (instead of clipping gradients x65536 and stepping on inf).
+        self.optimizer = self.accelerator.prepare_optimizer(optimizer)
+        if config.full_fp16:
+            _allow_fp16_gradients(self.accelerator)
 
         self.batches_per_epoch = len(self._epoch_batches(0))
         self.total_steps, self.num_epochs = step_plan(config, self.batches_per_epoch)
-        self.lr_scheduler = make_lr_scheduler(
-            config.lr_scheduler, self.optimizer, config.lr_warmup_steps, self.total_steps
-        )
+        self.save_every_n_epochs = epoch_save_interval(config, self.num_epochs)
+        self.lr_scheduler = make_lr_scheduler(config, built, self.total_steps)
         self.position = Position()
         if config.resume:
             self._resume(config.resume)
@@ -159,24 +197,43 @@ class Trainer:
         """The dtype frozen weights are stored in: mixed_precision's, as kohya's weight_dtype."""
         return WEIGHT_DTYPES.get(self.config.mixed_precision, torch.float32)
 
-    def _store_frozen_in_weight_dtype(self) -> None:
+    @property
+    def full_half(self) -> bool:
+        """kohya's full_fp16 / full_bf16: the trained weights are stored in the mixed dtype too."""
+        return self.config.full_fp16 or self.config.full_bf16
+
+    def _store_weights_in_dtypes(self) -> None:
         """kohya's rule: under mixed precision the weights no optimizer updates are stored in the mixed dtype (half
         the memory and memory traffic; autocast would cast them at every forward anyway). Trained weights (LoRA
-        modules, a fine-tuned UNet or text encoder) stay fp32 for the optimizer. no_half_vae keeps the VAE fp32."""
+        modules, a fine-tuned UNet or text encoder) stay fp32 for the optimizer, unless full_fp16 / full_bf16.
+        no_half_vae keeps the VAE fp32."""
         dtype, model = self.weight_dtype, self.model
         if dtype == torch.float32:
             return
-        if self.network is not None:  # the LoRA modules are not the base modules' parameters: they stay fp32
+        if self.network is not None:  # the LoRA modules are not the base modules' parameters
             model.unet.to(dtype=dtype)
             model.text_encoder.to(dtype=dtype)
-        elif not self.trains_text_encoder:
-            model.text_encoder.to(dtype=dtype)
+            if self.full_half:
+                self.network.to(dtype=dtype)
+        else:
+            if self.full_half:
+                model.unet.to(dtype=dtype)
+            if self.full_half or not self.trains_text_encoder:
+                model.text_encoder.to(dtype=dtype)
         if self.config.ignored.get("no_half_vae") is not True:
             model.vae.to(dtype=dtype)
 
     def vae_needed(self) -> bool:
         """Whether steps use the VAE: only when some item has no cached latents (kohya caches all or none)."""
-        return any(item.latents_path is None for item in self.items)
+        return not all(self._has_cached_latents(item) for item in self.items)
+
+    def _has_cached_latents(self, item: data.TrainItem) -> bool:
+        return item.latents_path is not None or self.latent_cache.covers(item)
+
+    def _cache_latents(self) -> None:
+        """Image-folder items: encode each image once now (latent_cache), unless the pixels change per step."""
+        self.model.vae.to(self.device)
+        self.latent_cache = build_latent_cache(self.items, self.model.vae, self.config, self.progress)
 
     def text_encoder_needed(self) -> bool:
         """Whether steps run the text encoder: not when its outputs are cached."""
@@ -198,12 +255,9 @@ class Trainer:
             getattr(self.model, name).to(self.device)
 
     def captions_fixed(self) -> bool:
-        """Whether every item's caption is the same at every step: no shuffle_caption and no caption_dropout_rate,
-        in the config or in any subset (an item's subset settings replace the config's). Token warmup, tag dropout
-        and caption_dropout_every_n_epochs are accepted but not implemented (config.IGNORED_KEYS), so change
-        nothing."""
-        augments = [item.augment or self.config for item in self.items]
-        return all(not a.shuffle_caption and not a.caption_dropout_rate for a in augments)
+        """Whether every item's caption is the same at every step (data.caption_varies: no shuffling, dropout,
+        token warmup or wildcard choice, in the config or in any subset)."""
+        return not any(data.caption_varies(item, self.config) for item in self.items)
 
     @torch.no_grad()
     def _cache_text_encoder_outputs(self) -> None:
@@ -212,7 +266,7 @@ class Trainer:
         encoder leaves the device until samples."""
         if self.trains_text_encoder or not self.captions_fixed():
             return
-        captions = sorted({item.caption for item in self.items})
+        captions = sorted({data.fixed_caption(item, self.config) for item in self.items})
         cache: dict[str, torch.Tensor] = {}
         size = self.config.train_batch_size
         for start in range(0, len(captions), size):
@@ -233,15 +287,14 @@ class Trainer:
         return self._encode_captions(captions)
 
     def _epoch_batches(self, epoch: int) -> list[list[int]]:
-        """This process's share of the epoch: with several processes (data parallel) each takes every n-th batch,
-        all the same number, so gradient averaging never waits for a process that has run out."""
+        """This process's share of the epoch (see shard_batches)."""
         batches = data.epoch_batches(self.items, self.config.train_batch_size, self.config.seed, epoch)
-        world, rank = self.accelerator.num_processes, self.accelerator.process_index
-        if world == 1:
-            return batches
-        if len(batches) < world:
-            raise SDTrainError(f"{len(batches)} batches per epoch cannot be shared by {world} processes.")
-        return batches[: len(batches) // world * world][rank::world]
+        return shard_batches(batches, self.accelerator.num_processes, self.accelerator.process_index)
+
+    def _global_batch_index(self, local_index: int) -> int:
+        """The batch's place in the whole epoch's list, which seeds its caption and flip draws: each process draws
+        its own, and one process gives the same draws as before."""
+        return local_index * self.accelerator.num_processes + self.accelerator.process_index
 
     def _check_processes_in_sync(self) -> None:
         """Data parallel training must end with the same weights everywhere; say so, or fail loudly."""
@@ -273,28 +326,56 @@ class Trainer:
         self.optimizer.load_state_dict(optimizer)
         self.lr_scheduler.load_state_dict(scheduler)
         restore_rng(rng, {"noise": self.noise_generator})
+        scaler_state = load_scaler_state(folder)
+        if scaler_state is not None and self.accelerator.scaler is not None:
+            self.accelerator.scaler.load_state_dict(scaler_state)
         self.position = position
         self.progress.message(f"Resumed from {folder} at step {position.step}.")
 
     # --- one step -----------------------------------------------------------------------------------------------
 
-    def _latents(self, batch: list[data.TrainItem], flips: list[bool]) -> torch.Tensor:
-        if all(item.latents_path is not None for item in batch):
-            latents = torch.stack([data.load_cached_latents(i, f) for i, f in zip(batch, flips, strict=True)])
-        else:
-            pixels = torch.stack([data.load_pixels(item) for item in batch])
-            flipped = torch.stack([torch.flip(p, dims=[2]) if f else p for p, f in zip(pixels, flips, strict=True)])
-            with torch.no_grad():
-                dist = self.model.vae.encode(flipped.to(self.device, self.model.vae.dtype)).latent_dist
-                latents = dist.sample(generator=self.noise_generator).float()
-        return latents.to(self.device) * self.model.vae_scaling_factor
+    def _cached_latents(self, item: data.TrainItem, flip: bool) -> torch.Tensor:
+        if item.latents_path is not None:
+            return data.load_cached_latents(item, flip)
+        return self.latent_cache.get(item, flip)
 
-    def _loss(self, batch: list[data.TrainItem], epoch: int, batch_index: int) -> torch.Tensor:
+    def _steps_before(self, epoch: int, local_index: int) -> int:
+        """Optimizer steps done when this batch trains (kohya's current_step, which token warmup reads), known
+        ahead since batches are prepared in a loader thread."""
+        accumulation = self.config.gradient_accumulation_steps
+        return epoch * math.ceil(self.batches_per_epoch / accumulation) + local_index // accumulation
+
+    def _prepare_batch(self, batches: list[list[int]], epoch: int, local_index: int) -> PreparedBatch:
+        """Everything a step needs from the data, on the CPU; runs in a loader thread (prefetch), so it draws only
+        from its own generator, seeded by the batch's place in the epoch."""
         config = self.config
-        caption_rng = torch.Generator().manual_seed(config.seed * 7919 + epoch * 100_003 + batch_index)
-        captions = [data.process_caption(item.caption, item.augment or config, caption_rng) for item in batch]
+        batch = [self.items[i] for i in batches[local_index]]
+        index = self._global_batch_index(local_index)
+        caption_rng = torch.Generator().manual_seed(config.seed * 7919 + epoch * 100_003 + index)
+        time = data.CaptionTime(epoch + 1, self._steps_before(epoch, local_index), self.total_steps)
+        captions = [data.process_caption(item.caption, item.augment or config, caption_rng, time) for item in batch]
         flips = [(i.augment or config).flip_aug and bool(torch.rand((), generator=caption_rng) < 0.5) for i in batch]
-        latents = self._latents(batch, flips)
+        if all(self._has_cached_latents(item) for item in batch):
+            latents = torch.stack([self._cached_latents(i, f) for i, f in zip(batch, flips, strict=True)])
+            return PreparedBatch(batch, captions, _pinned(latents), None)
+        pixels = torch.stack([data.load_pixels(item, caption_rng) for item in batch])  # random_crop, color_aug
+        pixels = torch.stack([torch.flip(p, dims=[2]) if f else p for p, f in zip(pixels, flips, strict=True)])
+        return PreparedBatch(batch, captions, None, _pinned(pixels))
+
+    def _latents(self, prepared: PreparedBatch) -> torch.Tensor:
+        if prepared.latents is not None:
+            latents = prepared.latents.to(self.device, non_blocking=True)
+        else:
+            assert prepared.pixels is not None
+            with torch.no_grad():
+                pixels = prepared.pixels.to(self.device, self.model.vae.dtype, non_blocking=True)
+                dist = self.model.vae.encode(pixels).latent_dist
+                latents = dist.sample(generator=self.noise_generator).float()
+        return latents * self.model.vae_scaling_factor
+
+    def _loss(self, prepared: PreparedBatch) -> torch.Tensor:
+        config, batch, captions = self.config, prepared.items, prepared.captions
+        latents = self._latents(prepared)
 
         noise = torch.randn(latents.shape, generator=self.noise_generator).to(self.device)
         if config.noise_offset:
@@ -327,29 +408,32 @@ class Trainer:
             for p in self.params:
                 if p.grad is not None:
                     p.grad = self.accelerator.reduce(p.grad, reduction="mean")
-        if self.config.max_grad_norm:
-            torch.nn.utils.clip_grad_norm_(self.params, self.config.max_grad_norm)
+        if self.config.max_grad_norm:  # unscales fp16 gradients first
+            self.accelerator.clip_grad_norm_(self.params, self.config.max_grad_norm)
+        scaler = self.accelerator.scaler
+        scale = scaler.get_scale() if scaler is not None else 0.0
         self.optimizer.step()
-        self.lr_scheduler.step()
+        # Under fp16 the GradScaler skips a step whose gradients overflowed, and lowers its scale; the schedule then
+        # waits too, as kohya's. (accelerate 0.21's step_was_skipped misses an overflow at the first step.)
+        self.last_step_skipped = scaler is not None and scaler.get_scale() < scale
+        if not self.last_step_skipped:
+            self.lr_scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
 
     # --- saving ---------------------------------------------------------------------------------------------------
 
     def save_model(self, suffix: str = "") -> Path:
         config = self.config
-        name = f"{config.output_name}{suffix}.safetensors"
+        name = f"{config.output_name}{suffix}{save_extension(config)}"
         if not self.accelerator.is_main_process:  # one writer; the weights are the same everywhere
             return self.output_dir / name
         if self.network is not None:
             metadata = lora_metadata(self, finished=not suffix and not self.stop_note)
             state = self.network.kohya_state_dict()
-            path = self.guard.write(name, lambda p: save_lora(state, p, metadata, config.save_precision))
+            path = self.guard.write(name, lambda p: write_lora(p, state, metadata, config))
         else:
-            from lib_sdtrain.models.saving import save_sd_checkpoint
-
             owner = {OWNER_KEY: config.output_name}
-            dtype = SAVE_DTYPES[config.save_precision]
-            path = self.guard.write(name, lambda p: save_sd_checkpoint(self.model, p, dtype=dtype, metadata=owner))
+            path = self.guard.write(name, lambda p: write_checkpoint(p, self.model, config, self.position, owner))
         self.last_good_save = path
         self.saves.append(path)
         self.progress.message(f"Saved {path}")
@@ -361,8 +445,13 @@ class Trainer:
             return self.output_dir / name
         trainable = self._trainable_state()
         generators = {"noise": self.noise_generator}
+        scaler = self.accelerator.scaler
+        scaler_state = scaler.state_dict() if scaler is not None else None
         return self.guard.write(
-            name, lambda p: save_state(p, trainable, self.optimizer, self.lr_scheduler, self.position, generators)
+            name,
+            lambda p: save_state(
+                p, trainable, self.optimizer, self.lr_scheduler, self.position, generators, scaler_state
+            ),
         )
 
     def check_room(self) -> None:
@@ -399,7 +488,7 @@ class Trainer:
         try:
             results = generate_samples(
                 self.model, self.prompts, self.output_dir / "sample", self.config.output_name,
-                label, self.position.step, self.config.clip_skip,
+                label, self.position.step, self.config.clip_skip, self.config.sample_sampler,
             )  # fmt: skip
         except Exception as e:  # samples are a preview: a full disk must not cost the run
             if not is_write_error(e):
@@ -427,7 +516,7 @@ class Trainer:
             + (f", resuming at step {self.position.step}" if self.position.step else ""),
             f"{sum(p.numel() for p in self.params):,} trainable parameters; {self._rates()}",
             self._memory_line(),
-            f"Output: {self.output_dir / (config.output_name + '.safetensors')} ({config.save_precision})",
+            f"Output: {self.output_dir / (config.output_name + save_extension(config))} ({config.save_precision})",
         ]
         lines += [
             f"SD-Train default differs from kohya: {key} {_shown(getattr(config, key))} (kohya's default: {kohya})"
@@ -451,7 +540,8 @@ class Trainer:
         """Where the frozen weights are kept and what is computed once rather than at every step."""
         dtype = str(self.weight_dtype).removeprefix("torch.")
         mixed = self.weight_dtype != torch.float32
-        parts = [f"frozen weights stored in {dtype}, trained weights in fp32" if mixed else "all weights in fp32"]
+        trained = dtype if self.full_half else "fp32"
+        parts = [f"frozen weights stored in {dtype}, trained weights in {trained}" if mixed else "all weights in fp32"]
         if "vae" in self.offloaded:
             parts.append(f"VAE kept on {STORAGE_DEVICE} (latents cached; it comes back for samples)")
         if self.text_cache is not None:
@@ -464,7 +554,10 @@ class Trainer:
         return "; ".join(parts)
 
     def _data_line(self) -> str:
-        return describe_items(self.items)
+        line = describe_items(self.items, self.config)
+        if self.latent_cache.latents:
+            line += f" ({self.latent_cache.describe()})"
+        return line
 
     def _rates(self) -> str:
         config = self.config
@@ -491,43 +584,23 @@ class Trainer:
         if self.position.step:  # a resumed run: the bar starts where the state left off and ends at the total
             progress.state.done = self.position.step
             progress.on_advance(self.position.step, {})
-        epoch_losses: list[float] = []
-        losses: list[float] = []
-        accumulated = 0
+        if config.sample_at_first:  # kohya's sample_at_first: the model before this run's first step
+            self._sample(f"e{self.position.epoch:06d}")
+        self.losses: list[float] = []
         state_dir = None
         try:
             for epoch in range(self.position.epoch, self.num_epochs):
                 batches = self._epoch_batches(epoch)
-                for batch_index in range(self.position.batch if epoch == self.position.epoch else 0, len(batches)):
-                    batch = [self.items[i] for i in batches[batch_index]]
-                    loss = self._guarded(lambda: self._loss(batch, epoch, batch_index))  # noqa: B023
-                    self._guarded(lambda: self.accelerator.backward(loss / config.gradient_accumulation_steps))  # noqa: B023
-                    # The one read of the loss (a device sync) per batch, after backward so the queued work is not
-                    # waited for twice; it serves the NaN check, the progress and the log. A NaN reaches only the
-                    # gradients here: the check below comes before any optimizer step.
-                    loss_value = loss.detach().item()
-                    self._check_finite(loss_value)
-                    accumulated += 1
-                    self.position.batch = batch_index + 1
-                    if accumulated < config.gradient_accumulation_steps and batch_index + 1 < len(batches):
-                        continue
-                    accumulated = 0
-                    self._optimizer_step()
-                    self.position.step += 1
-                    losses.append(loss_value)
-                    epoch_losses.append(losses[-1])
-                    average = sum(epoch_losses) / len(epoch_losses)
-                    lrs = self.lr_scheduler.get_last_lr()
-                    log.step(self.position.step, losses[-1], average, lrs, self.trains_text_encoder)
-                    progress.advance(1, loss=losses[-1], average=average, lr=lrs[-1], epoch=epoch + 1)
-                    self._after_step()
-                    if self.position.step >= self.total_steps:
-                        break
-                    progress.check_cancelled()
+                first = self.position.batch if epoch == self.position.epoch else 0
+                with prefetched(
+                    lambda i: self._prepare_batch(batches, epoch, i),  # noqa: B023
+                    range(first, len(batches)),
+                    worker_count(config.max_data_loader_n_workers),
+                ) as prepared_batches:
+                    epoch_losses = self._train_epoch(epoch, first, len(batches), prepared_batches, log)
                 self.position.epoch, self.position.batch = epoch + 1, 0
                 if epoch_losses:
                     log.epoch(epoch + 1, sum(epoch_losses) / len(epoch_losses))
-                epoch_losses = []
                 self._after_epoch(epoch)
                 if self.position.step >= self.total_steps:
                     break
@@ -554,7 +627,42 @@ class Trainer:
             raise OutputError(f"Training finished. {self.guard.outcome()}")
         if self.guard.rescued:
             progress.message(self.guard.outcome())
-        return TrainResult(output, self.position.step, losses, state_dir, self.samples)
+        return TrainResult(output, self.position.step, self.losses, state_dir, self.samples)
+
+    def _train_epoch(
+        self, epoch: int, first: int, count: int, prepared_batches: Iterator[PreparedBatch], log: TensorBoardLog
+    ) -> list[float]:
+        """Batches first..count-1 of one epoch: forward and backward each, an optimizer step every
+        gradient_accumulation_steps batches and at the epoch's end; the losses of the steps taken."""
+        config, progress = self.config, self.progress
+        epoch_losses: list[float] = []
+        accumulated = 0
+        for batch_index, prepared in zip(range(first, count), prepared_batches, strict=True):
+            loss = self._guarded(lambda: self._loss(prepared))  # noqa: B023
+            self._guarded(lambda: self.accelerator.backward(loss / config.gradient_accumulation_steps))  # noqa: B023
+            # The one read of the loss (a device sync) per batch, after backward so the queued work is not waited
+            # for twice; it serves the NaN check, the progress and the log. A NaN reaches only the gradients here:
+            # the check below comes before any optimizer step.
+            loss_value = loss.detach().item()
+            self._check_finite(loss_value)
+            accumulated += 1
+            self.position.batch = batch_index + 1
+            if accumulated < config.gradient_accumulation_steps and batch_index + 1 < count:
+                continue
+            accumulated = 0
+            self._optimizer_step()
+            self.position.step += 1
+            self.losses.append(loss_value)
+            epoch_losses.append(loss_value)
+            average = sum(epoch_losses) / len(epoch_losses)
+            lrs = self.lr_scheduler.get_last_lr()
+            log.step(self.position.step, loss_value, average, lrs, self.trains_text_encoder)
+            progress.advance(1, loss=loss_value, average=average, lr=lrs[-1], epoch=epoch + 1)
+            self._after_step()
+            if self.position.step >= self.total_steps:
+                break
+            progress.check_cancelled()
+        return epoch_losses
 
     def _check_finite(self, loss: float) -> None:
         if not math.isfinite(loss):
@@ -580,17 +688,47 @@ class Trainer:
             self.save_model(f"-step{step:08d}")
             if config.save_state:
                 self.save_training_state(f"-step{step:08d}")
-        if config.sample_every_n_steps and step % config.sample_every_n_steps == 0 and step < self.total_steps:
+            self._remove_old_saves(step_to_remove, step, config.save_every_n_steps, "-step{:08d}", "steps")
+        # kohya: sample_every_n_epochs, when set, replaces sample_every_n_steps
+        every = None if config.sample_every_n_epochs else config.sample_every_n_steps
+        if every and step % every == 0 and step < self.total_steps:
             self._sample(f"{step:06d}")
 
+    def _remove_old_saves(self, which, done: int, every: int, suffix: str, unit: str) -> None:
+        """kohya's save_last_n_epochs / save_last_n_steps (and their _state forms, which default to them): delete
+        the save, and the state, that fell out of the last n. `which` is outputs.epoch_to_remove or step_to_remove."""
+        config = self.config
+        keep = getattr(config, f"save_last_n_{unit}")
+        if not self.accelerator.is_main_process:
+            return
+        old = which(done, every, keep)
+        if old is not None:
+            remove_old_save(self.output_dir / f"{config.output_name}{suffix.format(old)}{save_extension(config)}",
+                            self.progress.message)  # fmt: skip
+        old = which(done, every, getattr(config, f"save_last_n_{unit}_state") or keep)
+        if old is not None and config.save_state:
+            remove_old_save(self.output_dir / f"{config.output_name}{suffix.format(old)}-state", self.progress.message)
+
     def _after_epoch(self, epoch: int) -> None:
-        config, number = self.config, epoch + 1
-        if config.save_every_n_epochs and number % config.save_every_n_epochs == 0 and number < self.num_epochs:
+        config, number, every = self.config, epoch + 1, self.save_every_n_epochs
+        if every and number % every == 0 and number < self.num_epochs:
             self.save_model(f"-{number:06d}")
             if config.save_state:
                 self.save_training_state(f"-{number:06d}")
+            self._remove_old_saves(epoch_to_remove, number, every, "-{:06d}", "epochs")
         if config.sample_every_n_epochs and number % config.sample_every_n_epochs == 0 and number < self.num_epochs:
             self._sample(f"e{number:06d}")
+
+
+def shard_batches(batches: list[list[int]], world: int, rank: int) -> list[list[int]]:
+    """One process's share of an epoch's batches in data-parallel training: every world-th batch. As accelerate's
+    prepared DataLoader does for kohya (even_batches), the last round is completed with the epoch's first batches,
+    so every batch is trained and every process takes the same number of steps (ceil(batches / world))."""
+    if world == 1:
+        return batches
+    rounds = math.ceil(len(batches) / world)
+    padded = [batches[i % len(batches)] for i in range(rounds * world)]
+    return padded[rank::world]
 
 
 def step_plan(config: TrainConfig, batches_per_epoch: int) -> tuple[int, int]:
@@ -600,14 +738,13 @@ def step_plan(config: TrainConfig, batches_per_epoch: int) -> tuple[int, int]:
     return total, math.ceil(total / steps_per_epoch)
 
 
-def describe_items(items: list[data.TrainItem]) -> str:
+def describe_items(items: list[data.TrainItem], config: TrainConfig) -> str:
     """Images, repeats, buckets and where latents come from, in one line."""
     counts = Counter(item.key for item in items)
     repeats = sorted(set(counts.values()))
     shown = str(repeats[0]) if len(repeats) == 1 else f"{repeats[0]}-{repeats[-1]}"
     buckets = len({item.bucket for item in items})
-    cached = all(item.latents_path is not None for item in items)
-    source = "cached latents" if cached else "images encoded by the VAE at each step"
+    source = latent_source(items, config)
     return (
         f"{_plural(len(counts), 'image')}, repeats {shown} ({len(items)} per epoch), "
         f"{_plural(buckets, 'bucket')}, {source}"
@@ -656,16 +793,33 @@ def _make_accelerator(config: TrainConfig):
     """An Accelerator for this run. accelerate keeps one configuration per process; a long-lived WebUI process
     trains many times with different settings, so the previous run's state is reset first."""
     from accelerate import Accelerator
-    from accelerate.state import AcceleratorState, GradientState
 
-    AcceleratorState._reset_state(reset_partial_state=False)
-    GradientState._reset_state()
+    _reset_accelerate_state()
     mixed = config.mixed_precision
     if torch.cuda.is_available():
         _set_tf32(config.allow_tf32)
     if mixed == "fp16" and not torch.cuda.is_available():
         raise ConfigError("mixed_precision fp16 needs a GPU; use bf16 or no on this machine.")
     return Accelerator(mixed_precision=mixed, cpu=not torch.cuda.is_available())
+
+
+def _reset_accelerate_state() -> None:
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=False)
+    GradientState._reset_state()
+
+
+def _allow_fp16_gradients(accelerator) -> None:
+    """full_fp16 trains fp16 weights, whose gradients are fp16; torch's GradScaler refuses to unscale those, so let
+    it (kohya's patch_accelerator_for_fp16_training does the same)."""
+    scaler = accelerator.scaler
+    if scaler is None:
+        return
+    unscale = scaler._unscale_grads_
+    scaler._unscale_grads_ = lambda optimizer, inv_scale, found_inf, _allow_fp16: unscale(
+        optimizer, inv_scale, found_inf, True
+    )
 
 
 def _set_tf32(allowed: bool) -> None:

@@ -64,6 +64,8 @@ def _value_type(annotation: Any) -> tuple[type, bool]:
         args = typing.get_args(annotation)
         optional = type(None) in args
         rest = [a for a in args if a is not type(None)]
+        if rest == [int, float]:  # kohya's int_or_float (lr_warmup_steps: steps, or a ratio below 1)
+            rest = [float]
         if len(rest) != 1:
             raise TypeError(f"Unsupported option annotation {annotation!r}: one type, optionally | None")
         annotation = rest[0]
@@ -202,7 +204,22 @@ _COERCERS: dict[type, Callable[[Option, Any], Any]] = {
     str: _to_str,
     list: _to_list,
 }
-_SPECIAL_COERCERS: dict[str, Callable[[Option, Any], Any]] = {"resolution": _to_resolution}
+
+
+def _to_steps_or_ratio(option: Option, value: Any) -> int | float:
+    """kohya's int_or_float: a number below 1 is a fraction of the run's steps, 1 or more a whole number of
+    steps ("10%" is 0.1)."""
+    if isinstance(value, str) and value.strip().endswith("%"):
+        return _to_float(option, value.strip()[:-1]) / 100
+    number = _to_float(option, value)
+    return number if number < 1 else _to_int(option, value)
+
+
+_SPECIAL_COERCERS: dict[str, Callable[[Option, Any], Any]] = {
+    "resolution": _to_resolution,
+    "lr_warmup_steps": _to_steps_or_ratio,
+    "lr_decay_steps": _to_steps_or_ratio,
+}
 
 
 def _check_choice(option: Option, value: Any) -> Any:
@@ -314,12 +331,7 @@ NO_OP_NOTES: dict[str, str] = {
     "mem_eff_attn": "speed only",
     "sdpa": "speed only: always used",
     "lowram": "memory only",
-    "vae_batch_size": "speed only",
-    "persistent_data_loader_workers": "speed only",
-    "max_data_loader_n_workers": "speed only",
-    "dynamo_backend": "speed only",
-    "cache_latents": "speed only: latents come from `buckets`' .npz files, else the VAE at each step",
-    "cache_latents_to_disk": "speed only: `sdtrain buckets` writes kohya's .npz files",
+    "persistent_data_loader_workers": "speed only: SD-Train's loader threads live for the whole run anyway",
     "debug_dataset": "a kohya debugging view; training runs as usual",
     "log_prefix": "logging only",
     "log_with": "logging only; only TensorBoard (logging_dir) is written",
@@ -330,9 +342,6 @@ NO_OP_NOTES: dict[str, str] = {
 # Accepted kohya keys outside the schema (so not in the form) that training does read, and how far.
 HONOURED_NOTES: dict[str, str] = {
     "no_half_vae": "same behaviour (true keeps the VAE in fp32 under mixed precision)",
-    "bucket_no_upscale": "partly: read for latents cached by `sdtrain buckets --bucket_no_upscale`; image folders "
-    "are bucketed as without it (the start-of-training warning names it)",
-    "training_comment": "same behaviour (written as ss_training_comment)",
 }
 
 # Keys that kohya does not know: SD-Train's own (kohya leaves them unused when it reads SD-Train's TOML).

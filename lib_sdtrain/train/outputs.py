@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import time
 import uuid
 import weakref
 import zlib
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
 
 from lib_sdtrain.train.data import REPEAT_FOLDER, TrainItem, reg_image_count, upright_size
 from lib_sdtrain.train.network.kohya_file import lora_model_spec
@@ -25,6 +28,10 @@ if TYPE_CHECKING:
 SESSION_ID = str(uuid.uuid4().int >> 96)
 OWNER_KEY = "sdtrain_output_name"
 """SD-Train's own header entry (the run's output_name): tells its outputs from other files of the same name."""
+MINIMUM_KEYS = frozenset(
+    {"ss_v2", "ss_base_model_version", "ss_network_module", "ss_network_dim", "ss_network_alpha", "ss_network_args"}
+)
+"""kohya's SS_METADATA_MINIMUM_KEYS: all the ss_* entries no_metadata keeps (the model spec entries stay too)."""
 
 
 def legacy_file_hash(path: str | Path) -> str:
@@ -176,7 +183,7 @@ def lora_metadata(trainer: Trainer, finished: bool) -> dict[str, str]:
         "ss_base_model_version": {"sd1": "sd_v1", "sd2": "sd_v2_v" if model.v_prediction else "sd_v2"}[model.version],
         "ss_clip_skip": str(config.clip_skip),
         "ss_max_token_length": str(config.max_token_length),
-        "ss_cache_latents": str(all(i.latents_path is not None for i in trainer.items)),
+        "ss_cache_latents": str(not trainer.vae_needed()),
         "ss_seed": str(config.seed),
         "ss_lowram": _kohya_value(config, "lowram", False),
         "ss_noise_offset": str(config.noise_offset),
@@ -191,15 +198,17 @@ def lora_metadata(trainer: Trainer, finished: bool) -> dict[str, str]:
         "ss_noise_offset_random_strength": _kohya_value(config, "noise_offset_random_strength", False),
         "ss_ip_noise_gamma_random_strength": _kohya_value(config, "ip_noise_gamma_random_strength", False),
         "ss_min_snr_gamma": str(config.min_snr_gamma),
-        "ss_optimizer": config.optimizer_type,
+        "ss_optimizer": trainer.optimizer_description,
         "ss_max_grad_norm": str(config.max_grad_norm),
         "ss_caption_dropout_rate": str(config.caption_dropout_rate),
         "ss_caption_tag_dropout_rate": _kohya_value(config, "caption_tag_dropout_rate", 0.0),
-        "ss_caption_dropout_every_n_epochs": _kohya_value(config, "caption_dropout_every_n_epochs"),
+        "ss_caption_dropout_every_n_epochs": str(config.caption_dropout_every_n_epochs or None),  # kohya: None
         "ss_face_crop_aug_range": _kohya_value(config, "face_crop_aug_range"),
         "ss_prior_loss_weight": str(config.prior_loss_weight),
         "ss_batch_size_per_device": str(config.train_batch_size),
-        "ss_total_batch_size": str(config.train_batch_size * config.gradient_accumulation_steps),
+        "ss_total_batch_size": str(
+            config.train_batch_size * config.gradient_accumulation_steps * trainer.accelerator.num_processes
+        ),
         "ss_resolution": f"({resolution[0]}, {resolution[1]})",
         "ss_flip_aug": str(config.flip_aug),
         "ss_shuffle_caption": str(config.shuffle_caption),
@@ -224,6 +233,109 @@ def lora_metadata(trainer: Trainer, finished: bool) -> dict[str, str]:
     comment = trainer.stop_note or _value(config, "training_comment")
     if comment:  # a cancelled run's LoRA says so wherever its metadata is shown; unset: left out (kohya: "None"),
         meta["ss_training_comment"] = str(comment)  # since the WebUI and `inspect` show any comment present
+    if config.no_metadata:
+        meta = {k: v for k, v in meta.items() if k in MINIMUM_KEYS}
     meta[OWNER_KEY] = config.output_name
     title = config.output_name
     return {**meta, **lora_model_spec(model.version, model.v_prediction, title, resolution)}
+
+
+# --- file formats and old saves (kohya's save_model_as, save_last_n_*) ---------------------------------------------
+
+
+def save_extension(config: TrainConfig) -> str:
+    """The saved file's extension for save_model_as; "" for a diffusers model folder."""
+    return "" if config.save_model_as.startswith("diffusers") else f".{config.save_model_as}"
+
+
+def write_lora(path: Path, state: dict, metadata: dict[str, str], config: TrainConfig) -> Path:
+    """safetensors with the metadata; ckpt/pt as kohya's save_weights writes them: the bare state dict, no metadata."""
+    from lib_sdtrain.train.network.kohya_file import SAVE_DTYPES, save_lora
+    from lib_sdtrain.utils.files import atomic_path
+
+    if config.save_model_as == "safetensors":
+        return save_lora(state, path, metadata, config.save_precision)
+    dtype = SAVE_DTYPES[config.save_precision]
+    with atomic_path(path) as tmp:
+        torch.save({k: v.detach().to("cpu", dtype).contiguous() for k, v in state.items()}, tmp)
+    return path
+
+
+def write_checkpoint(path: Path, model: SDModel, config: TrainConfig, position: Any, metadata: dict[str, str]) -> Path:
+    """A fine-tuned model in save_model_as: one ldm-layout .safetensors (with `metadata`), kohya's .ckpt pickle
+    ({"state_dict", "epoch", "global_step"}), or a diffusers folder (.bin; .safetensors with diffusers_safetensors)."""
+    from lib_sdtrain.models.saving import save_sd_checkpoint, sd_model_to_ldm
+    from lib_sdtrain.train.network.kohya_file import SAVE_DTYPES
+    from lib_sdtrain.utils.files import atomic_path
+
+    dtype = SAVE_DTYPES[config.save_precision]
+    if config.save_model_as == "safetensors":
+        return save_sd_checkpoint(model, path, dtype=dtype, metadata=metadata)
+    if config.save_model_as.startswith("diffusers"):
+        return _write_diffusers(path, model, dtype, safe=config.save_model_as == "diffusers_safetensors")
+    state = {
+        k: v.detach().to("cpu", dtype if v.is_floating_point() else v.dtype) for k, v in sd_model_to_ldm(model).items()
+    }
+    with atomic_path(path) as tmp:
+        torch.save({"state_dict": state, "epoch": position.epoch, "global_step": position.step}, tmp)
+    return path
+
+
+def _write_diffusers(folder: Path, model: SDModel, dtype: torch.dtype, safe: bool) -> Path:
+    """A diffusers model folder, written beside and renamed into place so a crash leaves no half folder."""
+    import copy
+    import shutil
+
+    from diffusers import StableDiffusionPipeline
+
+    parts = {name: copy.deepcopy(getattr(model, name)).to("cpu", dtype) for name in ("unet", "vae", "text_encoder")}
+    pipe = StableDiffusionPipeline(
+        **parts, tokenizer=model.tokenizer, scheduler=model.noise_scheduler(), safety_checker=None,
+        feature_extractor=None, requires_safety_checker=False,
+    )  # fmt: skip
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        pipe.save_pretrained(tmp, safe_serialization=safe)
+        shutil.rmtree(folder, ignore_errors=True)
+        tmp.rename(folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
+
+def epoch_save_interval(config: TrainConfig, num_epochs: int) -> int | None:
+    """save_every_n_epochs, or kohya's save_n_epoch_ratio (which replaces it): epochs / ratio, at least 1."""
+    if config.save_n_epoch_ratio:
+        return math.floor(num_epochs / config.save_n_epoch_ratio) or 1
+    return config.save_every_n_epochs
+
+
+def epoch_to_remove(epoch: int, interval: int, keep: int | None) -> int | None:
+    """kohya's get_remove_epoch_no: after saving epoch `epoch`, the epoch save that falls out of the last `keep`."""
+    if not keep:
+        return None
+    old = epoch - interval * keep
+    return old if old > 0 else None
+
+
+def step_to_remove(step: int, interval: int, keep: int | None) -> int | None:
+    """kohya's get_remove_step_no: the step save older than the last `keep` steps (a multiple of `interval`)."""
+    if not keep:
+        return None
+    old = step - keep - 1
+    old -= old % interval
+    return old if old > 0 else None
+
+
+def remove_old_save(path: Path, say: Callable[[str], None]) -> None:
+    """Delete an older save (file or folder) that save_last_n_* no longer keeps; a missing one is fine."""
+    import shutil
+
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif path.is_file():
+        path.unlink()
+    else:
+        return
+    say(f"Removed old save {path}")

@@ -61,7 +61,7 @@ def plan_text(config: TrainConfig) -> str:
     batches = len(data.epoch_batches(items, config.train_batch_size, config.seed, 0))
     total, epochs = step_plan(config, batches)
     return (
-        f"{describe_items(items)}\n{batches} batches per epoch (batch size {config.train_batch_size}), "
+        f"{describe_items(items, config)}\n{batches} batches per epoch (batch size {config.train_batch_size}), "
         f"{epochs} epochs, {total} steps\nOutput: {Path(config.output_dir) / config.output_name}.safetensors"
     )
 

@@ -4,6 +4,7 @@ A state folder (kohya's naming: `<name>-000003-state`, `<name>-step00000500-stat
     trainable.safetensors   the trained tensors (the LoRA in kohya's names, or the fine-tuned modules)
     optimizer.pt, scheduler.pt, rng.pt   torch state dicts (tensors and numbers only: read with weights_only);
                             rng.pt: the CPU's, the CUDA device's (when present) and the run's generators
+    scaler.pt               fp16 only: the GradScaler's scale and growth tracker
     train_state.json        step, epoch, batch position
 """
 
@@ -35,6 +36,7 @@ def save_state(
     lr_scheduler,
     position: Position,
     generators: dict[str, torch.Generator],
+    scaler_state: dict | None = None,
 ) -> Path:
     """Write the state into a temporary sibling folder and rename it into place, so a crash leaves either the old
     state or the new one, never a mix."""
@@ -46,6 +48,8 @@ def save_state(
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(lr_scheduler.state_dict(), tmp / "scheduler.pt")
         torch.save(rng_state(generators), tmp / "rng.pt")
+        if scaler_state is not None:
+            torch.save(scaler_state, tmp / "scaler.pt")
         atomic_write_json(tmp / "train_state.json", asdict(position))
     except BaseException:  # a full disk: leave no half-written state taking the room a rescue needs
         shutil.rmtree(tmp, ignore_errors=True)
@@ -93,3 +97,10 @@ def load_state(folder: str | Path) -> tuple[dict[str, torch.Tensor], dict, dict,
     rng = torch.load(folder / "rng.pt", map_location="cpu", weights_only=True)
     position = Position(**json.loads((folder / "train_state.json").read_text(encoding="utf-8")))
     return trainable, optimizer, scheduler, rng, position
+
+
+def load_scaler_state(folder: str | Path) -> dict | None:
+    """The fp16 GradScaler's state, None when the state was saved without one (the scaler then finds its scale
+    again within a few steps)."""
+    path = Path(folder) / "scaler.pt"
+    return torch.load(path, map_location="cpu", weights_only=True) if path.is_file() else None

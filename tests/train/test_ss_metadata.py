@@ -50,6 +50,11 @@ class FakeTrainer:  # what lora_metadata reads of a Trainer
         self.batches_per_epoch, self.num_epochs, self.total_steps, self.started_at = 6, 2, 12, 1700000000.0
         self.position = SimpleNamespace(step=12, epoch=2)
         self.stop_note = None
+        self.optimizer_description = "torch.optim.adamw.AdamW"
+        self.accelerator = SimpleNamespace(num_processes=1)
+
+    def vae_needed(self) -> bool:
+        return False  # every item's latents cached
 
 
 def _dataset(tmp_path: Path) -> tuple[FakeTrainer, Path]:
@@ -132,7 +137,7 @@ def test_mean_ar_error_is_left_out_when_sizes_are_unknown(tmp_path):
 
 def test_training_comment_is_written_when_given(tmp_path):
     trainer, _ = _dataset(tmp_path)
-    trainer.config.ignored["training_comment"] = "my first LoRA"
+    trainer.config.training_comment = "my first LoRA"
     assert lora_metadata(trainer, finished=True)["ss_training_comment"] == "my first LoRA"
     trainer.stop_note = "cancelled at step 3 of 12"  # a stopped run says so, whatever the comment
     assert lora_metadata(trainer, finished=False)["ss_training_comment"] == "cancelled at step 3 of 12"

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from safetensors import safe_open
 
 from lib_sdtrain.errors import Cancelled, ConfigError, DatasetError, SDTrainError
 from lib_sdtrain.models.loading import load_sd_model
 from lib_sdtrain.train import text
 from lib_sdtrain.train.config import load_config
-from lib_sdtrain.train.loop import Trainer, TrainingDiverged, train
+from lib_sdtrain.train.loop import Trainer, TrainingDiverged, shard_batches, train
 from lib_sdtrain.train.network.kohya_file import load_lora
 from lib_sdtrain.train.network.lora import LoRANetwork, NetworkSpec
 from lib_sdtrain.utils.progress import CallbackProgress
@@ -123,8 +124,8 @@ def test_cancel_keeps_a_usable_lora_and_a_resumable_state(tiny_sd_dir, sks_datas
 def test_nan_loss_stops_and_keeps_the_last_good_save(tiny_sd_dir, sks_dataset, tmp_path, monkeypatch):
     real_loss = Trainer._loss
 
-    def loss_that_explodes(self, batch, epoch, index):
-        loss = real_loss(self, batch, epoch, index)
+    def loss_that_explodes(self, prepared):
+        loss = real_loss(self, prepared)
         return loss * float("nan") if self.position.step >= 4 else loss
 
     monkeypatch.setattr(Trainer, "_loss", loss_that_explodes)
@@ -218,7 +219,8 @@ sample_prompts = "{prompts}"
 
 def test_data_parallel_with_two_cpu_processes(tiny_sd_dir, sks_dataset, tmp_path):
     """torchrun starts two ranks (gloo on CPU); each trains on its share of the batches, gradients are averaged,
-    and both end with the same weights (the run checks and reports it)."""
+    and both end with the same weights (the run checks and reports it). 5 batches per epoch: the leftover one is
+    trained too (3 steps per process, as kohya's accelerate loader), and the metadata counts both processes."""
     import os
     import shutil
     import subprocess
@@ -226,7 +228,7 @@ def test_data_parallel_with_two_cpu_processes(tiny_sd_dir, sks_dataset, tmp_path
 
     torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable))
     toml = tmp_path / "ddp.toml"
-    settings = train_settings(tiny_sd_dir, sks_dataset, tmp_path / "out", max_train_steps=4, train_batch_size=2)
+    settings = train_settings(tiny_sd_dir, sks_dataset, tmp_path / "out", max_train_epochs=1, train_batch_size=8)
     toml.write_text("\n".join(f"{k} = {v!r}".replace("'", '"') for k, v in settings.items()) + "\n")
     result = subprocess.run(
         [torchrun, "--nproc_per_node", "2", "--master_port", "29517", "-m", "lib_sdtrain", "train",
@@ -235,7 +237,17 @@ def test_data_parallel_with_two_cpu_processes(tiny_sd_dir, sks_dataset, tmp_path
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert "2 processes, weights in sync" in result.stdout + result.stderr
-    assert (tmp_path / "out" / "sks.safetensors").is_file()
+    metadata = safe_open(str(tmp_path / "out" / "sks.safetensors"), "pt").metadata()
+    assert metadata["ss_num_batches_per_epoch"] == "3" and metadata["ss_steps"] == "3"
+    assert metadata["ss_total_batch_size"] == "16"
+
+
+def test_data_parallel_shares_cover_every_batch_and_are_equal():
+    batches = [[i] for i in range(5)]
+    shares = [shard_batches(batches, 2, rank) for rank in range(2)]
+    assert shares == [[[0], [2], [4]], [[1], [3], [0]]]  # the last round is completed with the first batch
+    assert shard_batches(batches, 1, 0) == batches
+    assert [shard_batches([[7]], 3, rank) for rank in range(3)] == [[[7]]] * 3
 
 
 def test_ctrl_c_on_the_cli_saves_and_exits_130(tiny_sd_dir, sks_dataset, tmp_path):
@@ -280,6 +292,7 @@ def test_sd2_v_prediction_from_image_folders_with_the_other_options(tiny_sd2_dir
         "min_snr_gamma": 5.0, "noise_offset": 0.05, "clip_skip": 2, "max_token_length": 150,
         "gradient_checkpointing": True, "mixed_precision": "bf16", "logging_dir": str(tmp_path / "logs"),
         "save_every_n_epochs": 1, "output_dir": str(tmp_path / "out"), "output_name": "v", "learning_rate": 1e-3,
+        "cache_latents": False,
     }  # fmt: skip
     result = train(load_config(None, settings))
     assert result.steps == 6  # 9 images a epoch / accumulation 3 = 3 optimizer steps, 2 epochs
