@@ -45,7 +45,7 @@ if KIND == "bare":
     for step in range(steps):
         started = time.perf_counter()
         with torch.no_grad():
-            states = model.text_encoder(ids.to(device))[0]
+            states = text.encode(model.text_encoder, ids)
         noise = torch.randn_like(latents)
         t = torch.randint(0, 1000, (latents.shape[0],), device=device)
         pred = unet(scheduler.add_noise(latents, noise, t), t, encoder_hidden_states=states).sample

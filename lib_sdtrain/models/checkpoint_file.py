@@ -18,24 +18,52 @@ PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 EMA_PREFIX = "model_ema."
 
 
+# safetensors' dtype names -> torch dtypes.
+SAFETENSORS_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+}  # fmt: skip
+
+
 class LazyTensors(Mapping[str, torch.Tensor]):
     """The tensors of a safetensors file, each read when it is asked for.
 
-    Converting a model while loading it (fp16 file -> fp32 weights) then never holds the whole file in memory
-    next to the converted model, and shapes come from the header without reading any data.
+    Converting a model while loading it (fp16 file -> fp32 weights) then never holds the whole file in memory next
+    to the converted model, and shapes come from the header without reading any data. Each tensor is read with a
+    plain file read into memory of its own rather than through safetensors' memory map: a mapped file's pages count
+    in the process's memory as they are touched, which would add the whole file (2 GB for SD 1.5) to the peak and,
+    while any tensor from it lived, keep it there.
     """
 
     def __init__(self, path: Path, keys: list[str] | None = None) -> None:
+        import json
+
         from safetensors.torch import safe_open
 
-        self._file = safe_open(str(path), framework="pt")
-        self._keys = list(self._file.keys()) if keys is None else keys
+        with safe_open(str(path), framework="pt") as checked:  # validates the header against the file's size
+            self.metadata: dict[str, str] = dict(checked.metadata() or {})
+        with open(path, "rb") as f:
+            header_size = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(header_size))
+        header.pop("__metadata__", None)
+        self._path = path
+        self._data_start = 8 + header_size
+        self._entries: dict[str, dict] = header
+        self._keys = list(header) if keys is None else keys
         self._key_set = set(self._keys)
 
     def __getitem__(self, key: str) -> torch.Tensor:
         if key not in self._key_set:
             raise KeyError(key)
-        return self._file.get_tensor(key)
+        entry = self._entries[key]
+        start, end = entry["data_offsets"]
+        data = torch.empty(end - start, dtype=torch.uint8)
+        with open(self._path, "rb") as f:
+            f.seek(self._data_start + start)
+            if end > start and f.readinto(data.numpy()) != end - start:
+                raise ModelLoadError(f"{self._path.name}: the file ended inside tensor {key} (truncated?)")
+        return data.view(SAFETENSORS_DTYPES[entry["dtype"]]).reshape(entry["shape"])
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._keys)
@@ -49,11 +77,11 @@ class LazyTensors(Mapping[str, torch.Tensor]):
     def shape(self, key: str) -> torch.Size:
         if key not in self._key_set:
             raise KeyError(key)
-        return torch.Size(self._file.get_slice(key).get_shape())
+        return torch.Size(self._entries[key]["shape"])
 
     def without(self, prefix: str) -> LazyTensors:
         subset = LazyTensors.__new__(LazyTensors)
-        subset._file = self._file
+        subset.__dict__.update(self.__dict__)
         subset._keys = [k for k in self._keys if not k.startswith(prefix)]
         subset._key_set = set(subset._keys)
         return subset
@@ -99,7 +127,7 @@ def _read_safetensors(path: Path) -> tuple[LazyTensors, dict[str, str]]:
 
     try:
         tensors = LazyTensors(path)
-        return tensors, dict(tensors._file.metadata() or {})
+        return tensors, tensors.metadata
     except SafetensorError as e:
         raise ModelLoadError(f"{path.name} is not a readable safetensors file (truncated or corrupt?): {e}") from e
     except (OSError, RuntimeError) as e:

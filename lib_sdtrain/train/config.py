@@ -29,30 +29,14 @@ HONOURED_OUTSIDE_SCHEMA = frozenset({"no_half_vae"})
 DEFAULT_ONLY_KEYS: dict[str, tuple] = {
     "no_half_vae": (),  # true keeps the VAE in fp32 under mixed precision (read from config.ignored by the loop)
     "epoch": (),  # the GUI's field; sd-scripts reads max_train_epochs, which the GUI writes too
-    "loss_type": ("l2",),
-    "huber_c": (),  # used only with loss_type huber or smooth_l1
-    "huber_schedule": (),
-    "huber_scale": (),
-    "min_timestep": (None, 0),
-    "max_timestep": (None, 1000),
-    "multires_noise_iterations": (None, 0),
-    "multires_noise_discount": (),  # used only with multires_noise_iterations
-    "noise_offset_type": ("Original",),
-    "noise_offset_random_strength": (False,),
-    "adaptive_noise_scale": (None, 0),
-    "ip_noise_gamma": (None, 0),
-    "ip_noise_gamma_random_strength": (False,),
+    # the kohya_ss GUI's choice of which noise fields it writes (noise_offset... or multires_noise_...); sd-scripts
+    # does not read it, so either value changes nothing
+    "noise_offset_type": ("Original", "Multires"),
     "lr_scheduler_args": (None, "", []),
     "log_with": (None, "", "tensorboard"),  # TensorBoard is what logging_dir writes
-    "zero_terminal_snr": (False,),
-    "debiased_estimation_loss": (False,),
-    "scale_weight_norms": (None, 0),
-    "v_pred_like_loss": (None, 0),
     "masked_loss": (False,),
     "fp8_base": (False,),
-    "vae": (None, ""),
-    "dim_from_weights": (False,),
-    "network_multiplier": (None, 1),
+    "debug_dataset": (False,),  # kohya shows the dataset's images and exits without training: no such mode here
     "face_crop_aug_range": (None, ""),  # face-centred crops from face positions in file names: not implemented
 }
 
@@ -60,8 +44,8 @@ DEFAULT_ONLY_KEYS: dict[str, tuple] = {
 # not built yet). They are accepted so the tutorial's config files load, and named in a warning.
 IGNORED_KEYS = frozenset(
     {
-        "xformers", "mem_eff_attn", "sdpa", "lowram", "debug_dataset", "persistent_data_loader_workers",
-        "log_prefix", "max_grad_norm_type", "v2", "scale_v_pred_loss_like_noise_pred",
+        "xformers", "mem_eff_attn", "sdpa", "lowram", "persistent_data_loader_workers",
+        "max_grad_norm_type", "v2",
         *DEFAULT_ONLY_KEYS,
     }
 )  # fmt: skip
@@ -100,6 +84,8 @@ SAMPLE_SAMPLERS = (
 # kohya's save_model_as: a LoRA is safetensors or ckpt/pt (a torch pickle); a fine-tune also a diffusers folder.
 SAVE_MODEL_FORMATS = ("safetensors", "ckpt", "pt", "diffusers", "diffusers_safetensors")
 MAX_TOKEN_LENGTHS = (75, 150, 225)
+LOSS_TYPES = ("l2", "l1", "huber", "smooth_l1")  # kohya's loss_type (l1 from later sd-scripts)
+HUBER_SCHEDULES = ("constant", "exponential", "snr")
 # network_args keys: kohya networks.lora's LoCon ones, and LyCORIS' algo limited to what LoRANetwork builds.
 NETWORK_ARG_ALGOS = ("lora", "locon")
 
@@ -142,6 +128,13 @@ class TrainConfig:
         None,
         "Folder or hub id of the CLIP tokenizer, for single-file checkpoints that carry none. Empty: the WebUI's, "
         "a tokenizer/ folder beside the model, or the local Hugging Face cache.",
+        "model",
+    )
+    vae: str | None = opt(
+        None,
+        "A VAE to use instead of the checkpoint's (kohya's vae), for encoding the training images and for the "
+        "samples: a .safetensors / .ckpt VAE file, a checkpoint, or a diffusers (VAE) folder. A fine-tune saves "
+        "it into the model. Empty: the checkpoint's VAE.",
         "model",
     )
     v_parameterization: bool = opt(
@@ -389,6 +382,25 @@ class TrainConfig:
         "from scratch.",
         "network",
     )
+    dim_from_weights: bool = opt(
+        False,
+        "Take the LoRA's layers, dims and alphas (conv dims too) from network_weights' file instead of network_dim "
+        "/ network_alpha / conv_dim (kohya's dim_from_weights); needs network_weights.",
+        "network",
+    )
+    network_multiplier: float = opt(
+        1.0,
+        "Strength of the LoRA while it trains and in the samples (kohya's network_multiplier); the saved file is "
+        "not scaled. 1: full strength.",
+        "network",
+    )
+    scale_weight_norms: float | None = opt(
+        None,
+        "Max-norm regularisation (kohya's scale_weight_norms): after each step, every LoRA module whose weight "
+        "change has a norm above this is scaled down to it, against overtraining; 1 is a good start. The number "
+        "of modules scaled and the mean and largest norm show in the progress and the log. Empty: off.",
+        "network",
+    )
     # --- optimizer and learning rate
     learning_rate: float = opt(
         1e-4,
@@ -570,6 +582,103 @@ class TrainConfig:
         "faster; 5 is the paper's value. Empty: off.",
         "training",
     )
+    noise_offset_random_strength: bool = opt(
+        False,
+        "Draw the noise offset's strength uniformly between 0 and noise_offset at each step (kohya's "
+        "noise_offset_random_strength); needs noise_offset.",
+        "training",
+    )
+    adaptive_noise_scale: float | None = opt(
+        None,
+        "Adds this times the absolute mean of each latent channel to noise_offset (kohya's adaptive_noise_scale), "
+        "so images far from mid-grey get more offset; about noise_offset / 10 is usual. Needs noise_offset. "
+        "Empty: off.",
+        "training",
+    )
+    multires_noise_iterations: int | None = opt(
+        None,
+        "Multi-resolution (pyramid) noise with this many layers (kohya's multires_noise_iterations; 6 to 10 is "
+        "usual): adds coarser noise so large areas and overall brightness are learnt. Empty or 0: off.",
+        "training",
+    )
+    multires_noise_discount: float = opt(
+        0.3,
+        "Weight of each coarser layer of multires noise relative to the one before (kohya's "
+        "multires_noise_discount): lower is weaker; used only with multires_noise_iterations.",
+        "training",
+    )
+    ip_noise_gamma: float | None = opt(
+        None,
+        "Input perturbation (kohya's ip_noise_gamma): the noised latents get this much extra noise that the "
+        "target leaves out, a regulariser; about 0.1. Empty: off.",
+        "training",
+    )
+    ip_noise_gamma_random_strength: bool = opt(
+        False,
+        "Draw the input perturbation's strength uniformly between 0 and ip_noise_gamma at each step; needs "
+        "ip_noise_gamma.",
+        "training",
+    )
+    min_timestep: int | None = opt(
+        None,
+        "Train only timesteps (noise levels) from this one on, 0 to 999 (kohya's min_timestep). Empty: 0.",
+        "training",
+    )
+    max_timestep: int | None = opt(
+        None,
+        "Train only timesteps below this one, 1 to 1000 (kohya's max_timestep; exclusive). Empty: 1000.",
+        "training",
+    )
+    zero_terminal_snr: bool = opt(
+        False,
+        "Rescale the training noise schedule so the last timestep is pure noise (kohya's zero_terminal_snr, "
+        "arXiv 2305.08891): lets a model learn very dark and bright images; meant for v-prediction models. Samples "
+        "use the usual schedule, as in kohya.",
+        "training",
+    )
+    loss_type: str = opt(
+        "l2",
+        "The loss (kohya's loss_type): l2 (mean squared error, the usual), l1 (absolute error), huber or "
+        "smooth_l1 (squared for small errors, linear for large ones: less pulled by outliers; see huber_c).",
+        "training",
+        choices=LOSS_TYPES,
+    )
+    huber_schedule: str = opt(
+        "snr",
+        "How huber / smooth_l1's threshold changes with the timestep (kohya's huber_schedule): snr (near 1 at low "
+        "noise, huber_c at high noise), exponential (1 to huber_c), constant (huber_c).",
+        "training",
+        choices=HUBER_SCHEDULES,
+    )
+    huber_c: float = opt(
+        0.1,
+        "The threshold of the huber and smooth_l1 losses, or its end value under huber_schedule (kohya's huber_c).",
+        "training",
+    )
+    huber_scale: float = opt(
+        1.0,
+        "Multiplies huber_c under the constant and exponential huber schedules (sd-scripts' huber_scale; 1 is "
+        "v0.9's behaviour).",
+        "training",
+    )
+    debiased_estimation_loss: bool = opt(
+        False,
+        "Debiased estimation loss (kohya's debiased_estimation_loss, arXiv 2310.08442): weights each step's loss "
+        "by 1 / sqrt(SNR) (1 / (SNR + 1) for v-prediction), evening out noise levels like min_snr_gamma.",
+        "training",
+    )
+    scale_v_pred_loss_like_noise_pred: bool = opt(
+        False,
+        "v-prediction models only: scale the loss by SNR / (SNR + 1) so timesteps weigh as in epsilon training "
+        "(kohya's scale_v_pred_loss_like_noise_pred).",
+        "training",
+    )
+    v_pred_like_loss: float | None = opt(
+        None,
+        "Epsilon models only: add this fraction of the loss weighted as a v-prediction loss (kohya's "
+        "v_pred_like_loss; kohya applies it to LoRAs, SD-Train to fine-tunes too). Empty: off.",
+        "training",
+    )
     prior_loss_weight: float = opt(
         1.0,
         "Weight of the regularisation images' loss (kohya's prior_loss_weight): 1 counts them like training "
@@ -588,6 +697,11 @@ class TrainConfig:
     logging_dir: str | None = opt(
         None,
         "Folder for TensorBoard logs (loss and learning rates under kohya's names). Empty: no logs.",
+        "training",
+    )
+    log_prefix: str | None = opt(
+        None,
+        "Name of each run's TensorBoard folder before its timestamp (kohya's log_prefix). Empty: output_name.",
         "training",
     )
     # --- saving
@@ -778,6 +892,7 @@ class TrainConfig:
         if self.network_train_unet_only and self.network_train_text_encoder_only:
             raise ConfigError("network_train_unet_only and network_train_text_encoder_only exclude each other.")
         self._check_network_args()
+        self._check_noise_and_loss()
         if self.is_lora and self.save_model_as.startswith("diffusers"):
             raise ConfigError(
                 f"save_model_as = {self.save_model_as!r} is for full fine-tunes; a LoRA is saved as safetensors, "
@@ -786,6 +901,21 @@ class TrainConfig:
         from lib_sdtrain.train.optim import check_optimizer_settings
 
         check_optimizer_settings(self)
+
+    def _check_noise_and_loss(self) -> None:
+        """The noise, timestep and loss options (lib_sdtrain.train.noise_and_loss), and the LoRA options only a
+        LoRA reads; the v-prediction checks are repeated against the loaded model's objective."""
+        from lib_sdtrain.train.noise_and_loss import check_options, timestep_range
+
+        check_options(self, True if self.v_parameterization else None)
+        timestep_range(self.min_timestep, self.max_timestep, 1000)
+        lora_only = ("dim_from_weights", "scale_weight_norms")
+        if not self.is_lora and (self.dim_from_weights or self.scale_weight_norms or self.network_multiplier != 1):
+            raise ConfigError(f"{', '.join(lora_only)} and network_multiplier apply to a LoRA (network_module).")
+        if self.dim_from_weights and not self.network_weights:
+            raise ConfigError("dim_from_weights needs network_weights: the LoRA file to read the dims from.")
+        if self.scale_weight_norms is not None and self.scale_weight_norms < 0:
+            raise ConfigError(f"scale_weight_norms must be above 0 (or empty: off), not {self.scale_weight_norms}.")
 
     def _check_network_args(self) -> None:
         args = parse_network_args(self.network_args)

@@ -3,9 +3,9 @@
     result = train(load_config("lora.toml"))                 # CLI / headless
     result = train(config, model=webui_model, progress=p)    # the WebUI passes its loaded model and a progress
 
-Per optimizer step: latents (cached or encoded now) -> noise (+ noise_offset) at random timesteps -> the UNet
-predicts noise (or v) -> MSE, weighted by min-SNR if asked -> backward, accumulate, clip, step. Saves, samples,
-progress and cancel happen between steps. A NaN/inf loss stops the run before it can spoil a save.
+Per optimizer step: latents (cached or encoded now) -> noise (+ kohya's noise options) at random timesteps -> the
+UNet predicts noise (or v) -> the loss, weighted by SNR if asked (noise_and_loss) -> backward, accumulate, clip, step.
+Saves, samples, progress and cancel happen between steps. A NaN/inf loss stops the run before it can spoil a save.
 """
 
 from __future__ import annotations
@@ -20,15 +20,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from lib_sdtrain.errors import Cancelled, ConfigError, OutputError, SDTrainError
 from lib_sdtrain.models.sd_model import SDModel
-from lib_sdtrain.train import data, text
+from lib_sdtrain.train import data, noise_and_loss, text
 from lib_sdtrain.train.config import HONOURED_OUTSIDE_SCHEMA, KOHYA_DEFAULTS, TrainConfig
 from lib_sdtrain.train.latent_cache import LatentCache, build_latent_cache, latent_source
 from lib_sdtrain.train.network.kohya_file import SAVE_DTYPES, load_lora
-from lib_sdtrain.train.network.lora import LoRANetwork, NetworkSpec
+from lib_sdtrain.train.network.lora import LoRANetwork, NetworkSpec, ranks_from_weights
 from lib_sdtrain.train.optim import make_lr_scheduler, make_optimizer
 from lib_sdtrain.train.outputs import (
     OWNER_KEY,
@@ -54,6 +53,8 @@ STORAGE_DEVICE = torch.device("cpu")
 with cached outputs); it comes back only for samples."""
 
 WEIGHT_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+MAX_NORM_LOGS = ("keys_scaled", "average_key_norm", "max_key_norm")
+"""kohya's TensorBoard names (under max_norm/) of what scale_weight_norms reports after each step."""
 
 OOM_ADVICE = (
     "Out of memory. Lower train_batch_size or the resolution, turn on gradient_checkpointing, use mixed_precision "
@@ -100,12 +101,21 @@ class Trainer:
         self.items = data.collect_items(config)  # fail on a bad dataset before loading a model
         self.prompts = read_prompt_file(config.sample_prompts) if config.sample_prompts else []
         check_samplers(self.prompts, config.sample_sampler)
+        check_dynamo_backend(config.dynamo_backend)
         check_output_writable(config.output_dir, config.output_name)  # in seconds, not after loading the model
-        self.model = model or _load_model(config)
+        self.model = _with_vae(model or _load_model(config), config.vae)
         self.output_dir = Path(config.output_dir)
         self.accelerator = _make_accelerator(config)
         self.device = self.accelerator.device
         self.noise_scheduler = self.model.noise_scheduler()
+        noise_and_loss.check_options(config, self.model.v_prediction)
+        self.timestep_range = noise_and_loss.timestep_range(
+            config.min_timestep, config.max_timestep, self.noise_scheduler.config.num_train_timesteps
+        )
+        # kohya computes the SNR its loss weights read before zero_terminal_snr rescales the schedule
+        self.snr = noise_and_loss.snr_table(self.noise_scheduler.alphas_cumprod)
+        if config.zero_terminal_snr:
+            noise_and_loss.rescale_zero_terminal_snr(self.noise_scheduler)
         # Each process its own noise (process 0 the seed's own), as it trains on other images.
         self.noise_generator = torch.Generator().manual_seed(config.seed + self.accelerator.process_index)
         self.network: LoRANetwork | None = None
@@ -144,9 +154,13 @@ class Trainer:
                 train_unet=not config.network_train_text_encoder_only,
                 train_text_encoder=not config.network_train_unet_only,
             )
+            weights = load_lora(config.network_weights)[0] if config.network_weights else None
+            if weights is not None and config.dim_from_weights:
+                spec = _spec_from_weights(spec, weights)
             self.network = LoRANetwork(model.unet, model.text_encoder, spec).to(self.device).attach()
-            if config.network_weights:
-                self.network.load_kohya_state_dict(load_lora(config.network_weights)[0])
+            self.network.set_multiplier(config.network_multiplier)
+            if weights is not None:
+                self.network.load_kohya_state_dict(_weights_for(spec, weights) if config.dim_from_weights else weights)
             groups = self.network.parameter_groups(
                 unet_lr=config.unet_learning_rate, text_encoder_lr=config.text_encoder_learning_rate
             )
@@ -171,6 +185,7 @@ class Trainer:
         model.unet.train()
         model.text_encoder.train(self.trains_text_encoder)
         self._store_weights_in_dtypes()
+        self._compile_unet()
         self._cache_latents()
         self._place_modules()
         self._cache_text_encoder_outputs()
@@ -377,31 +392,82 @@ class Trainer:
         config, batch, captions = self.config, prepared.items, prepared.captions
         latents = self._latents(prepared)
 
-        noise = torch.randn(latents.shape, generator=self.noise_generator).to(self.device)
-        if config.noise_offset:
-            offset = torch.randn((latents.shape[0], latents.shape[1], 1, 1), generator=self.noise_generator)
-            noise = noise + config.noise_offset * offset.to(self.device)
-        steps = self.noise_scheduler.config.num_train_timesteps
-        timesteps = torch.randint(0, steps, (latents.shape[0],), generator=self.noise_generator).to(self.device)
-        noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
+        noise = self._noise(latents)
+        cpu_timesteps = noise_and_loss.sample_timesteps(latents.shape[0], *self.timestep_range, self.noise_generator)
+        timesteps = cpu_timesteps.to(self.device)
+        noisy = self.noise_scheduler.add_noise(latents, self._perturbed(noise), timesteps)
 
         states = self._text_states(captions)
         with self.accelerator.autocast():
-            prediction = self.model.unet(noisy, timesteps, encoder_hidden_states=states).sample
+            prediction = self._predict(noisy, timesteps, states)
 
         v_target = self.model.v_prediction
         target = self.noise_scheduler.get_velocity(latents, noise, timesteps) if v_target else noise
-        loss = F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=[1, 2, 3])
+        loss = noise_and_loss.elementwise_loss(prediction.float(), target.float(), config.loss_type,
+                                               self._huber_c(timesteps)).mean(dim=[1, 2, 3])  # fmt: skip
         loss = loss * data.loss_weights(batch, config.prior_loss_weight).to(loss.device)  # reg images, as kohya
-        if config.min_snr_gamma:
-            loss = loss * self._min_snr_weights(timesteps)
+        loss = noise_and_loss.snr_weighted(
+            loss, self.snr[cpu_timesteps], v_target, config.min_snr_gamma, config.scale_v_pred_loss_like_noise_pred,
+            config.v_pred_like_loss, config.debiased_estimation_loss,
+        )  # fmt: skip
         return loss.mean()
 
-    def _min_snr_weights(self, timesteps: torch.Tensor) -> torch.Tensor:
-        alphas_cumprod = self.noise_scheduler.alphas_cumprod.to(timesteps.device)[timesteps]
-        snr = alphas_cumprod / (1 - alphas_cumprod)
-        weight = torch.clamp(snr, max=self.config.min_snr_gamma) / snr
-        return weight * snr / (snr + 1) if self.model.v_prediction else weight
+    def _noise(self, latents: torch.Tensor) -> torch.Tensor:
+        """The noise the step adds: normal, with kohya's noise_offset (random / adaptive strength) and multires."""
+        config, generator = self.config, self.noise_generator
+        noise = torch.randn(latents.shape, generator=generator).to(self.device)
+        if config.noise_offset:
+            offset = noise_and_loss.random_strength(config.noise_offset, config.noise_offset_random_strength, generator)
+            noise = noise_and_loss.apply_noise_offset(latents, noise, offset, config.adaptive_noise_scale, generator)
+        if config.multires_noise_iterations:
+            iterations, discount = config.multires_noise_iterations, config.multires_noise_discount
+            noise = noise_and_loss.pyramid_noise(noise, iterations, discount, generator)
+        return noise
+
+    def _perturbed(self, noise: torch.Tensor) -> torch.Tensor:
+        """kohya's ip_noise_gamma: the noise that goes into the noised latents (the target keeps `noise`)."""
+        config = self.config
+        if not config.ip_noise_gamma:
+            return noise
+        gamma = noise_and_loss.random_strength(
+            config.ip_noise_gamma, config.ip_noise_gamma_random_strength, self.noise_generator
+        )
+        return noise_and_loss.perturbed_noise(noise, gamma, self.noise_generator)
+
+    def _huber_c(self, timesteps: torch.Tensor) -> torch.Tensor | None:
+        config = self.config
+        if config.loss_type not in ("huber", "smooth_l1"):
+            return None
+        return noise_and_loss.huber_c(
+            config.huber_schedule, config.huber_c, config.huber_scale, timesteps,
+            self.noise_scheduler.alphas_cumprod, self.noise_scheduler.config.num_train_timesteps,
+        )  # fmt: skip
+
+    def _predict(self, noisy: torch.Tensor, timesteps: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
+        """The UNet's prediction, through torch.compile when dynamo_backend asks for it. Compilation happens at the
+        first call (and again for a new bucket size); if it fails there, say so and go on uncompiled."""
+        try:
+            return self.unet_forward(noisy, timesteps, encoder_hidden_states=states).sample
+        except Exception as e:
+            if self.unet_forward is self.model.unet or self.compiled_once or _is_out_of_memory(e):
+                raise
+            self.progress.message(
+                f"torch.compile with dynamo_backend {self.config.dynamo_backend} failed ({type(e).__name__}: "
+                f"{str(e).strip().splitlines()[0][:300] if str(e).strip() else ''}); training without compilation."
+            )
+            self.unet_forward = self.model.unet
+            return self.model.unet(noisy, timesteps, encoder_hidden_states=states).sample
+        finally:
+            self.compiled_once = True
+
+    def _compile_unet(self) -> None:
+        """kohya's dynamo_backend: the training forward goes through torch.compile; the module itself (saves,
+        samples, the WebUI's model) stays as it is."""
+        self.unet_forward = self.model.unet
+        self.compiled_once = False
+        backend = self.config.dynamo_backend.lower()
+        if backend != "no":
+            self.unet_forward = torch.compile(self.model.unet, backend=backend)
 
     def _optimizer_step(self) -> None:
         if self.accelerator.num_processes > 1:  # data parallel: average gradients over processes
@@ -579,7 +645,7 @@ class Trainer:
         if unused:
             progress.message(f"Accepted but not used by SD-Train: {', '.join(unused)}")
         progress.message(self.summary())
-        log = TensorBoardLog(config.logging_dir, config.output_name, progress)
+        log = TensorBoardLog(config.logging_dir, config.log_prefix or config.output_name, progress)
         progress.start(self.total_steps, "training")
         if self.position.step:  # a resumed run: the bar starts where the state left off and ends at the total
             progress.state.done = self.position.step
@@ -651,18 +717,29 @@ class Trainer:
                 continue
             accumulated = 0
             self._optimizer_step()
+            norms = self._apply_max_norm()
             self.position.step += 1
             self.losses.append(loss_value)
             epoch_losses.append(loss_value)
             average = sum(epoch_losses) / len(epoch_losses)
             lrs = self.lr_scheduler.get_last_lr()
             log.step(self.position.step, loss_value, average, lrs, self.trains_text_encoder)
-            progress.advance(1, loss=loss_value, average=average, lr=lrs[-1], epoch=epoch + 1)
+            shown = {}
+            if norms is not None:  # kohya's max_norm/* log entries and "Keys Scaled", "Average key norm" postfix
+                log.scalars(self.position.step, {f"max_norm/{k}": v for k, v in zip(MAX_NORM_LOGS, norms, strict=True)})
+                shown = {"Keys Scaled": norms[0], "Average key norm": norms[1]}
+            progress.advance(1, loss=loss_value, average=average, lr=lrs[-1], epoch=epoch + 1, **shown)
             self._after_step()
             if self.position.step >= self.total_steps:
                 break
             progress.check_cancelled()
         return epoch_losses
+
+    def _apply_max_norm(self) -> tuple[int, float, float] | None:
+        """kohya's scale_weight_norms after each optimizer step: (keys scaled, mean norm, max norm), or None."""
+        if self.network is None or not self.config.scale_weight_norms:
+            return None
+        return self.network.apply_max_norm(self.config.scale_weight_norms)
 
     def _check_finite(self, loss: float) -> None:
         if not math.isfinite(loss):
@@ -675,10 +752,8 @@ class Trainer:
     def _guarded(self, fn):
         try:
             return fn()
-        except torch.cuda.OutOfMemoryError as e:
-            raise SDTrainError(OOM_ADVICE) from e
         except RuntimeError as e:
-            if "out of memory" in str(e).lower():
+            if _is_out_of_memory(e):
                 raise SDTrainError(OOM_ADVICE) from e
             raise
 
@@ -782,6 +857,39 @@ def train(config: TrainConfig, model: SDModel | None = None, progress: Progress 
     return Trainer(config, model, progress).run()
 
 
+def _spec_from_weights(spec: NetworkSpec, weights: dict[str, torch.Tensor]) -> NetworkSpec:
+    """kohya's dim_from_weights: every module's rank and alpha from the LoRA file; the spec's rank / alpha (and
+    conv_rank / conv_alpha for 3x3 convolutions) become the file's most common ones, for the summary and ss_*."""
+    ranks = ranks_from_weights(weights)
+    conv = {k.split(".")[0] for k, v in weights.items() if k.endswith(".lora_down.weight") and v.shape[2:] == (3, 3)}
+    linear = Counter(v for k, v in ranks.items() if k not in conv).most_common(1)
+    convs = Counter(v for k, v in ranks.items() if k in conv).most_common(1)
+    if not linear:
+        raise ConfigError("dim_from_weights: network_weights has no LoRA modules for linear layers.")
+    (rank, alpha), _ = linear[0]
+    conv_rank, conv_alpha = convs[0][0] if convs else (None, None)
+    return dataclasses.replace(
+        spec, rank=rank, alpha=alpha, conv_rank=conv_rank, conv_alpha=conv_alpha, module_ranks=ranks
+    )
+
+
+def _weights_for(spec: NetworkSpec, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The file's tensors of the parts this run trains (network_train_unet_only leaves out the text encoder's, and
+    network_train_text_encoder_only the UNet's), as kohya drops those modules from a network read from weights."""
+    prefixes = tuple(p for p, kept in (("lora_unet", spec.train_unet), ("lora_te", spec.train_text_encoder)) if kept)
+    return {k: v for k, v in weights.items() if k.startswith(prefixes)}
+
+
+def _with_vae(model: SDModel, vae: str | None) -> SDModel:
+    """kohya's vae: the model with its VAE replaced by the one at `vae` (a VAE or checkpoint file, a diffusers
+    folder), for encoding and samples. A copy of the SDModel, so a model the WebUI handed over keeps its own VAE."""
+    if not vae:
+        return model
+    from lib_sdtrain.models.loading import load_vae
+
+    return dataclasses.replace(model, vae=load_vae(vae))
+
+
 def _load_model(config: TrainConfig) -> SDModel:
     from lib_sdtrain.models.loading import load_sd_model
 
@@ -801,6 +909,22 @@ def _make_accelerator(config: TrainConfig):
     if mixed == "fp16" and not torch.cuda.is_available():
         raise ConfigError("mixed_precision fp16 needs a GPU; use bf16 or no on this machine.")
     return Accelerator(mixed_precision=mixed, cpu=not torch.cuda.is_available())
+
+
+def _is_out_of_memory(error: BaseException) -> bool:
+    return isinstance(error, torch.cuda.OutOfMemoryError) or "out of memory" in str(error).lower()
+
+
+def check_dynamo_backend(name: str) -> None:
+    """dynamo_backend as kohya takes it (accelerate's names, any case): no, or a backend this torch has."""
+    backend = name.lower()
+    if backend == "no":
+        return
+    import torch._dynamo
+
+    available = sorted(torch._dynamo.list_backends(exclude_tags=()))
+    if backend not in available:
+        raise ConfigError(f"dynamo_backend {name!r} is not available in this torch; use no or one of {available}.")
 
 
 def _reset_accelerate_state() -> None:

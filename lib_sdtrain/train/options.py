@@ -332,8 +332,6 @@ NO_OP_NOTES: dict[str, str] = {
     "sdpa": "speed only: always used",
     "lowram": "memory only",
     "persistent_data_loader_workers": "speed only: SD-Train's loader threads live for the whole run anyway",
-    "debug_dataset": "a kohya debugging view; training runs as usual",
-    "log_prefix": "logging only",
     "log_with": "logging only; only TensorBoard (logging_dir) is written",
     "v2": "SD-Train reads the model version from the checkpoint itself",
     "epoch": "the kohya_ss GUI's copy of max_train_epochs, which it also writes",

@@ -57,20 +57,20 @@ def base_model_metadata(model: SDModel) -> dict[str, str]:
     return meta
 
 
-def _tag_frequency(trainer: Trainer) -> dict[str, dict[str, int]]:
+def _tag_frequency(items: list[TrainItem], config: TrainConfig) -> dict[str, dict[str, int]]:
     """{dataset folder: {tag: count}} over the captions' comma-separated tags, as kohya's ss_tag_frequency: each
     image counts once, however many repeats it has."""
     counts: dict[str, Counter] = {}
-    for item in _unique_images(trainer):
-        folder = Path(item.key).parent.name or Path(trainer.config.train_data_dir).name
+    for item in _unique_images(items):
+        folder = Path(item.key).parent.name or Path(config.train_data_dir).name
         counts.setdefault(folder, Counter()).update(t.strip() for t in item.caption.split(",") if t.strip())
     return {k: dict(v) for k, v in counts.items()}
 
 
-def _unique_images(trainer: Trainer) -> list[TrainItem]:
-    """trainer.items without the repeats (an image with N repeats is N items with the same key)."""
+def _unique_images(items: list[TrainItem]) -> list[TrainItem]:
+    """The items without the repeats (an image with N repeats is N items with the same key)."""
     seen: dict[str, TrainItem] = {}
-    for item in trainer.items:
+    for item in items:
         seen.setdefault(item.key, item)
     return list(seen.values())
 
@@ -100,15 +100,18 @@ def mean_img_ar_error(trainer: Trainer) -> float | None:
     """kohya's bucket_info mean_img_ar_error: the mean |bucket aspect ratio - image aspect ratio| over the images
     (each once); None when an image's size is unknown (latents without original_size and no image file)."""
     if trainer not in _AR_ERRORS:  # read once per run: the files do not change while it trains
-        errors = []
-        for item in _unique_images(trainer):
-            size = _image_size(item)
-            if size is None or not size[1]:
-                errors = None
-                break
-            errors.append(abs(item.bucket[0] / item.bucket[1] - size[0] / size[1]))
-        _AR_ERRORS[trainer] = float(np.mean(errors)) if errors else None
+        _AR_ERRORS[trainer] = _ar_error(trainer.items)
     return _AR_ERRORS[trainer]
+
+
+def _ar_error(items: list[TrainItem]) -> float | None:
+    errors = []
+    for item in _unique_images(items):
+        size = _image_size(item)
+        if size is None or not size[1]:
+            return None
+        errors.append(abs(item.bucket[0] / item.bucket[1] - size[0] / size[1]))
+    return float(np.mean(errors)) if errors else None
 
 
 def _value(config: TrainConfig, key: str, default: Any = None) -> Any:
@@ -139,15 +142,110 @@ def _kohya_value(config: TrainConfig, key: str, default: Any = None) -> str:
     return str(_value(config, key, default))
 
 
-def _bucket_info(trainer: Trainer) -> dict[str, Any]:
-    buckets = Counter(item.bucket for item in trainer.items)
+def _bucket_info(items: list[TrainItem], error: float | None) -> dict[str, Any]:
+    buckets = Counter(item.bucket for item in items)
     info: dict[str, Any] = {
         "buckets": {str(i): {"resolution": list(b), "count": n} for i, (b, n) in enumerate(sorted(buckets.items()))}
     }
-    error = mean_img_ar_error(trainer)
     if error is not None:
         info["mean_img_ar_error"] = error
     return info
+
+
+FLAT_DATASET_KEYS = frozenset(
+    {
+        "ss_batch_size_per_device", "ss_total_batch_size", "ss_resolution", "ss_color_aug", "ss_flip_aug",
+        "ss_random_crop", "ss_shuffle_caption", "ss_enable_bucket", "ss_bucket_no_upscale", "ss_min_bucket_reso",
+        "ss_max_bucket_reso", "ss_keep_tokens", "ss_reg_dataset_dirs", "ss_bucket_info",
+    }
+)  # fmt: skip
+"""The keys kohya writes only without a dataset_config; with one, ss_datasets holds them per dataset."""
+
+
+def _datasets_metadata(trainer: Trainer) -> dict[str, str]:
+    """kohya's metadata for a dataset_config: ss_datasets (per [[datasets]] block its settings, counts, tag
+    frequency and buckets, and per subset its settings), with ss_tag_frequency and ss_dataset_dirs merged over the
+    blocks (regularisation folders left out, a folder used twice named "dir (2)"), as train_network.py does."""
+    from lib_sdtrain.train.dataset_config import read_dataset_config
+
+    config = trainer.config
+    spec = read_dataset_config(config.dataset_config, config)
+    datasets, tags, dirs = [], {}, {}
+    for index, dataset in enumerate(spec.datasets):
+        items = [item for item in trainer.items if item.dataset == index]
+        settings = {**{k: getattr(config, k) for k in ("resolution", "train_batch_size", "enable_bucket",
+                                                        "min_bucket_reso", "max_bucket_reso")},
+                    **dataset.settings}  # fmt: skip
+        width, height = _resolution_pair(settings["resolution"])
+        frequency = _tag_frequency(items, config)
+        subsets = [_subset_metadata(subset, items, config) for subset in dataset.subsets]
+        datasets.append(
+            {
+                "is_dreambooth": all(subset.metadata_file is None for subset in dataset.subsets),
+                "batch_size_per_device": settings["train_batch_size"],
+                "num_train_images": sum(not item.is_reg for item in items),
+                "num_reg_images": sum(m["num_repeats"] * m["img_count"] for m in subsets if m.get("is_reg")),
+                "resolution": [width, height],
+                "enable_bucket": bool(settings["enable_bucket"]),
+                "min_bucket_reso": settings["min_bucket_reso"],
+                "max_bucket_reso": settings["max_bucket_reso"],
+                "tag_frequency": frequency,
+                "bucket_info": _bucket_info(items, _ar_error(items)),
+                "subsets": subsets,
+            }
+        )
+        for folder, counts in frequency.items():
+            tags.setdefault(folder, counts)  # a folder in several datasets counts once, as in kohya
+        for subset, meta in zip(dataset.subsets, subsets, strict=True):
+            name = meta.get("metadata_file") or (None if subset.is_reg else meta.get("image_dir"))
+            if name is not None:
+                unique, number = name, 2
+                while unique in dirs:
+                    unique, number = f"{name} ({number})", number + 1
+                dirs[unique] = {"n_repeats": subset.num_repeats, "img_count": meta["img_count"]}
+    return {
+        "ss_datasets": json.dumps(datasets),
+        "ss_tag_frequency": json.dumps(tags),
+        "ss_dataset_dirs": json.dumps(dirs),
+    }
+
+
+def _resolution_pair(resolution: str) -> tuple[int, int]:
+    from lib_sdtrain.prepare.buckets import parse_resolution
+
+    return parse_resolution(resolution)
+
+
+def _subset_metadata(subset, items: list[TrainItem], config: TrainConfig) -> dict[str, Any]:
+    """One subset as kohya describes it in ss_datasets. Its images: those in its image_dir (a metadata subset:
+    its dataset's images from no folder subset)."""
+    augment = subset.augment or config
+    if subset.image_dir is not None and subset.metadata_file is None:
+        mine = [i for i in items if i.image_path is not None and i.image_path.parent == subset.image_dir]
+    else:
+        mine = [i for i in items if not i.is_reg]
+    meta: dict[str, Any] = {
+        "img_count": len(_unique_images(mine)),
+        "num_repeats": subset.num_repeats,
+        "color_aug": bool(augment.color_aug),
+        "flip_aug": bool(augment.flip_aug),
+        "random_crop": bool(augment.random_crop),
+        "shuffle_caption": bool(augment.shuffle_caption),
+        "keep_tokens": augment.keep_tokens,
+        "keep_tokens_separator": augment.keep_tokens_separator,
+        "secondary_separator": augment.secondary_separator,
+        "enable_wildcard": bool(augment.enable_wildcard),
+        "caption_prefix": augment.caption_prefix,
+        "caption_suffix": augment.caption_suffix,
+    }
+    if subset.image_dir is not None:
+        meta["image_dir"] = subset.image_dir.name
+    if subset.metadata_file is None:
+        meta["class_tokens"] = subset.class_tokens
+        meta["is_reg"] = subset.is_reg
+    else:
+        meta["metadata_file"] = subset.metadata_file.name
+    return meta
 
 
 def lora_metadata(trainer: Trainer, finished: bool) -> dict[str, str]:
@@ -171,8 +269,8 @@ def lora_metadata(trainer: Trainer, finished: bool) -> dict[str, str]:
         "ss_gradient_checkpointing": str(config.gradient_checkpointing),
         "ss_gradient_accumulation_steps": str(config.gradient_accumulation_steps),
         "ss_network_module": config.network_module or "networks.lora",
-        "ss_network_dim": str(config.network_dim),
-        "ss_network_alpha": str(config.network_alpha),
+        "ss_network_dim": str(spec.rank if spec else config.network_dim),  # dim_from_weights: the file's
+        "ss_network_alpha": str(spec.alpha if spec else config.network_alpha),
         "ss_network_dropout": str(config.network_dropout),
         "ss_network_args": json.dumps({"conv_dim": str(spec.conv_rank), "conv_alpha": str(spec.conv_alpha)})
         if spec and spec.conv_rank
@@ -197,6 +295,10 @@ def lora_metadata(trainer: Trainer, finished: bool) -> dict[str, str]:
         "ss_debiased_estimation": str(bool(_value(config, "debiased_estimation_loss", False))),
         "ss_noise_offset_random_strength": _kohya_value(config, "noise_offset_random_strength", False),
         "ss_ip_noise_gamma_random_strength": _kohya_value(config, "ip_noise_gamma_random_strength", False),
+        "ss_loss_type": str(config.loss_type),  # v0.9's loss keys; ss_huber_scale from later sd-scripts
+        "ss_huber_schedule": str(config.huber_schedule),
+        "ss_huber_c": str(config.huber_c),
+        "ss_huber_scale": str(config.huber_scale),
         "ss_min_snr_gamma": str(config.min_snr_gamma),
         "ss_optimizer": trainer.optimizer_description,
         "ss_max_grad_norm": str(config.max_grad_norm),
@@ -219,15 +321,18 @@ def lora_metadata(trainer: Trainer, finished: bool) -> dict[str, str]:
         "ss_min_bucket_reso": str(config.min_bucket_reso),
         "ss_max_bucket_reso": str(config.max_bucket_reso),
         "ss_keep_tokens": str(config.keep_tokens),
-        "ss_bucket_info": json.dumps(_bucket_info(trainer)),
-        "ss_tag_frequency": json.dumps(_tag_frequency(trainer)),
+        "ss_bucket_info": json.dumps(_bucket_info(trainer.items, mean_img_ar_error(trainer))),
+        "ss_tag_frequency": json.dumps(_tag_frequency(trainer.items, config)),
         "ss_dataset_dirs": json.dumps(_dataset_dirs(trainer, reg=False)),
         "ss_reg_dataset_dirs": json.dumps(_dataset_dirs(trainer, reg=True)),
-        "ss_vae_name": _kohya_value(config, "vae"),
+        **vae_metadata(config.vae),
         **base_model_metadata(model),
         "ss_steps": str(trainer.position.step),
         "ss_epoch": str(trainer.position.epoch),
     }
+    if config.dataset_config:
+        meta = {k: v for k, v in meta.items() if k not in FLAT_DATASET_KEYS}
+        meta.update(_datasets_metadata(trainer))
     if finished:
         meta["ss_training_finished_at"] = str(time.time())
     comment = trainer.stop_note or _value(config, "training_comment")
@@ -237,7 +342,38 @@ def lora_metadata(trainer: Trainer, finished: bool) -> dict[str, str]:
         meta = {k: v for k, v in meta.items() if k in MINIMUM_KEYS}
     meta[OWNER_KEY] = config.output_name
     title = config.output_name
-    return {**meta, **lora_model_spec(model.version, model.v_prediction, title, resolution)}
+    spec_entries = lora_model_spec(model.version, model.v_prediction, title, resolution)
+    if config.min_timestep is not None or config.max_timestep is not None:  # kohya's model-spec timestep range
+        spec_entries["modelspec.timestep_range"] = f"{config.min_timestep or 0},{_or(config.max_timestep, 1000)}"
+    return {**meta, **spec_entries}
+
+
+def _or(value: Any, default: Any) -> Any:
+    return default if value is None else value
+
+
+_VAE_HASHES: dict[tuple[str, float], dict[str, str]] = {}
+
+
+def vae_metadata(vae: str | None) -> dict[str, str]:
+    """kohya's ss_vae_name ("None" without a vae) and, for a VAE file, ss_vae_hash (the old 8-digit hash) and
+    ss_new_vae_hash (its sha256); the file name without its folder. Hashed once per file and run."""
+    if not vae:
+        return {"ss_vae_name": "None"}
+    path = Path(vae)
+    if not path.exists():  # a hub id
+        return {"ss_vae_name": vae}
+    meta = {"ss_vae_name": path.name}
+    if path.is_file():
+        key = (str(path.resolve()), path.stat().st_mtime)
+        if key not in _VAE_HASHES:
+            digest = hashlib.sha256()
+            with open(path, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(block)
+            _VAE_HASHES[key] = {"ss_vae_hash": legacy_file_hash(path), "ss_new_vae_hash": digest.hexdigest()}
+        meta.update(_VAE_HASHES[key])
+    return meta
 
 
 # --- file formats and old saves (kohya's save_model_as, save_last_n_*) ---------------------------------------------

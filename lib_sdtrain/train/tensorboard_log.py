@@ -32,6 +32,12 @@ class TensorBoardLog:
         for name, lr in zip(names, lrs, strict=False):
             self.writer.add_scalar(name, lr, step)
 
+    def scalars(self, step: int, values: dict[str, float]) -> None:
+        """Further values of a step under their TensorBoard names (scale_weight_norms' max_norm/*)."""
+        if self.writer is not None:
+            for name, value in values.items():
+                self.writer.add_scalar(name, value, step)
+
     def epoch(self, epoch: int, average: float) -> None:
         if self.writer is not None:
             self.writer.add_scalar("loss/epoch", average, epoch)

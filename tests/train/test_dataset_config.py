@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from pathlib import Path
 
@@ -109,6 +110,25 @@ def test_dataset_config_with_a_reg_subset_trains_with_kohyas_items_and_steps(tin
     assert result.steps == 10 and trainer.batches_per_epoch == 10
     metadata = load_lora(result.output)[1]
     assert metadata["ss_num_train_images"] == "9" and metadata["ss_num_reg_images"] == "4"
+    # kohya's dataset_config metadata: ss_datasets per block, the flat per-dataset keys left out
+    (dataset,) = json.loads(metadata["ss_datasets"])
+    assert {k: dataset[k] for k in ("is_dreambooth", "batch_size_per_device", "num_train_images", "num_reg_images",
+                                    "resolution", "enable_bucket", "min_bucket_reso")} == {
+        "is_dreambooth": True, "batch_size_per_device": 2, "num_train_images": 9, "num_reg_images": 4,
+        "resolution": [64, 64], "enable_bucket": True, "min_bucket_reso": 32,
+    }  # fmt: skip
+    assert dataset["tag_frequency"] == {"sks": {"sks": 3, "red hat": 1, "smiling": 1}, "reg": {"a person": 4}}
+    assert sum(b["count"] for b in dataset["bucket_info"]["buckets"].values()) == 18
+    train_subset, reg_subset = dataset["subsets"]
+    assert train_subset | {"image_dir": "sks", "img_count": 3, "num_repeats": 3, "keep_tokens": 1} == train_subset
+    assert (train_subset["shuffle_caption"], train_subset["is_reg"], train_subset["class_tokens"]) == (
+        True,
+        False,
+        "sks",
+    )
+    assert (reg_subset["image_dir"], reg_subset["img_count"], reg_subset["is_reg"]) == ("reg", 4, True)
+    assert json.loads(metadata["ss_dataset_dirs"]) == {"sks": {"n_repeats": 3, "img_count": 3}}  # no reg folder
+    assert "ss_batch_size_per_device" not in metadata and "ss_bucket_info" not in metadata
 
 
 def test_flat_reg_data_dir_uses_kohyas_n_name_folders(tmp_path):
@@ -208,22 +228,17 @@ def test_kohya_ss_gui_defaults_load_and_are_reported(tmp_path):
     path = tmp_path / "gui.toml"
     path.write_text(KOHYA_SS_GUI_TOML)
     config = load_config(path)
-    assert {"no_half_vae", "loss_type", "min_timestep", "lr_scheduler_args", "log_with"} <= config.ignored.keys()
+    assert {"no_half_vae", "noise_offset_type", "lr_scheduler_args", "log_with"} <= config.ignored.keys()
+    assert config.loss_type == "l2" and config.min_timestep == 0 and config.max_timestep == 1000
     assert config.prior_loss_weight == 1.0 and config.is_lora
 
 
 @pytest.mark.parametrize(
     "line",
     [
-        'loss_type = "huber"',
-        "min_timestep = 100",
-        "max_timestep = 900",
-        "multires_noise_iterations = 6",
-        'noise_offset_type = "Multires"',
+        'noise_offset_type = "Perlin"',
         'lr_scheduler_args = ["T_max=100"]',
         'log_with = "wandb"',
-        "zero_terminal_snr = true",
-        "ip_noise_gamma = 0.1",
     ],
 )
 def test_kohya_ss_gui_keys_set_to_what_sd_train_lacks_are_refused(tmp_path, line):

@@ -199,16 +199,12 @@ xformers = true
 """
 
 # A kohya_ss GUI config with non-default values for options SD-Train does not implement: each one is refused.
+# (loss_type, timesteps, multires and ip noise, zero_terminal_snr, debiased_estimation_loss and scale_weight_norms
+# are implemented: tests/train/test_kohya_noise_loss.py.)
 GUI_NOT_IMPLEMENTED = {
-    "loss_type": "huber",
-    "min_timestep": 100,
-    "multires_noise_iterations": 6,
-    "noise_offset_type": "Multires",
-    "ip_noise_gamma": 0.1,
-    "zero_terminal_snr": True,
-    "debiased_estimation_loss": True,
-    "scale_weight_norms": 1.0,
+    "noise_offset_type": "Perlin",
     "lr_scheduler_args": ["T_max=100"],
+    "masked_loss": True,
 }
 
 

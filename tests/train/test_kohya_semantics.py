@@ -272,3 +272,17 @@ def test_keys_training_reads_are_not_reported_as_unused(tiny_sd_dir, sks_dataset
     train(load_config(None, settings), progress=progress)
     unused = [m for m in progress.messages if m.startswith("Accepted but not used")]
     assert unused == ["Accepted but not used by SD-Train: xformers"]
+
+
+def test_log_prefix_names_the_tensorboard_folder(tiny_sd_dir, sks_dataset, tmp_path):
+    logs = tmp_path / "logs"
+    train(config_for(tiny_sd_dir, sks_dataset, tmp_path, max_train_steps=1, logging_dir=str(logs), log_prefix="lora"))
+    (folder,) = logs.iterdir()
+    assert folder.name.startswith("lora") and folder.name[4:].isdigit()  # kohya: <log_prefix><timestamp>
+    assert list(folder.glob("events.out.tfevents.*"))
+
+
+def test_debug_dataset_is_refused_since_it_would_not_train(tiny_sd_dir, sks_dataset, tmp_path):
+    with pytest.raises(ConfigError, match="debug_dataset = True is not implemented"):
+        config_for(tiny_sd_dir, sks_dataset, tmp_path, debug_dataset=True)
+    assert config_for(tiny_sd_dir, sks_dataset, tmp_path, debug_dataset=False).ignored == {"debug_dataset": False}

@@ -84,7 +84,9 @@ def test_metadata_has_kohya_087_keys(tmp_path):
     ss_keys = {k for k in meta if k.startswith("ss_")}
     # ss_training_comment only when there is one: the WebUI and `inspect` would show kohya's "None" as a comment
     assert KOHYA_087_KEYS - ss_keys == {"ss_training_comment"}
-    assert ss_keys - KOHYA_087_KEYS == {"ss_network_args"}  # "{}" without LoCon (kohya leaves it out)
+    # ss_network_args: "{}" without LoCon (kohya leaves it out); the loss keys kohya v0.9 added (huber_scale: later)
+    assert ss_keys - KOHYA_087_KEYS == {"ss_network_args", "ss_loss_type", "ss_huber_schedule", "ss_huber_c",
+                                        "ss_huber_scale"}  # fmt: skip
     assert all(isinstance(v, str) for v in meta.values())
     # unset options read "None", kohya's str(None); off switches "False"
     for key in ("ss_multires_noise_iterations", "ss_scale_weight_norms", "ss_ip_noise_gamma",

@@ -79,6 +79,11 @@ class LoRAModule(nn.Module):
     @torch.no_grad()
     def delta_weight(self) -> torch.Tensor:
         """The change this module makes to its layer's weight (what merging adds)."""
+        return self.scaled_update() * self.multiplier
+
+    @torch.no_grad()
+    def scaled_update(self) -> torch.Tensor:
+        """(alpha / rank) * up @ down in fp32, shaped as the layer's weight: the change at multiplier 1."""
         down, up = self.lora_down.weight.float(), self.lora_up.weight.float()
         if down.ndim == 2:
             delta = up @ down
@@ -86,7 +91,7 @@ class LoRAModule(nn.Module):
             delta = (up.squeeze(-1).squeeze(-1) @ down.squeeze(-1).squeeze(-1))[:, :, None, None]
         else:
             delta = torch.nn.functional.conv2d(down.permute(1, 0, 2, 3), up).permute(1, 0, 2, 3)
-        return delta * self.scale * self.multiplier
+        return delta * self.scale
 
 
 @dataclass(frozen=True)
@@ -98,6 +103,9 @@ class NetworkSpec:
     conv_alpha: float | None = None
     train_unet: bool = True
     train_text_encoder: bool = True
+    module_ranks: dict[str, tuple[int, float]] | None = None
+    """kohya's dim_from_weights: {lora name: (rank, alpha)} from a LoRA file; only these modules are built, each with
+    its own rank and alpha (rank, alpha, conv_rank and conv_alpha are then not used)."""
 
 
 class LoRANetwork(nn.Module):
@@ -134,6 +142,24 @@ class LoRANetwork(nn.Module):
     def set_multiplier(self, multiplier: float) -> None:
         for lora in self.all_loras():
             lora.multiplier = multiplier
+
+    @torch.no_grad()
+    def apply_max_norm(self, max_norm: float) -> tuple[int, float, float]:
+        """kohya's scale_weight_norms (apply_max_norm_regularization): each module whose update (alpha / rank) *
+        up @ down has a Frobenius norm above `max_norm` gets up and down multiplied by sqrt(max_norm / norm), so the
+        update's norm becomes max_norm. Returns (modules scaled, mean norm, largest norm) after scaling, kohya's
+        keys_scaled, average_key_norm and max_key_norm."""
+        norms, scaled = [], 0
+        for lora in self.all_loras():
+            norm = float(lora.scaled_update().norm())
+            if norm > max_norm:
+                root = math.sqrt(max_norm / norm)
+                lora.lora_up.weight.mul_(root)
+                lora.lora_down.weight.mul_(root)
+                scaled += 1
+                norm = max_norm
+            norms.append(norm)
+        return scaled, sum(norms) / max(len(norms), 1), max(norms, default=0.0)
 
     def parameter_groups(self, unet_lr: float, text_encoder_lr: float) -> list[dict]:
         groups = []
@@ -175,6 +201,10 @@ class LoRANetwork(nn.Module):
 def _create_modules(root: nn.Module, prefix: str, targets: tuple[str, ...], spec: NetworkSpec) -> list[LoRAModule]:
     loras = []
     for lora_name, child in target_layers(root, prefix, targets):
+        if spec.module_ranks is not None:  # dim_from_weights: the file's modules, ranks and alphas
+            if lora_name in spec.module_ranks:
+                loras.append(LoRAModule(lora_name, child, *spec.module_ranks[lora_name], spec.dropout))
+            continue
         if child.__class__.__name__ == "Linear" or child.kernel_size == (1, 1):
             rank, alpha = spec.rank, spec.alpha
         elif spec.conv_rank:
@@ -204,3 +234,11 @@ def model_target_layers(unet: nn.Module, text_encoder: nn.Module | None) -> dict
     if text_encoder is not None:
         layers.update(target_layers(text_encoder, TEXT_ENCODER_PREFIX, TEXT_ENCODER_TARGETS))
     return layers
+
+
+def ranks_from_weights(state: dict[str, torch.Tensor]) -> dict[str, tuple[int, float]]:
+    """{lora name: (rank, alpha)} of a kohya LoRA state dict, as kohya's create_network_from_weights reads them: the
+    rank is lora_down's first dimension, the alpha the file's (the rank when the file has none, as old LoRAs)."""
+    ranks = {k.split(".")[0]: int(v.shape[0]) for k, v in state.items() if k.endswith(".lora_down.weight")}
+    alphas = {k.split(".")[0]: float(v) for k, v in state.items() if k.endswith(".alpha")}
+    return {name: (rank, alphas.get(name, float(rank))) for name, rank in ranks.items()}

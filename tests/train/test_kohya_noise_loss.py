@@ -1,0 +1,351 @@
+"""kohya sd-scripts' noise, timestep and loss options (lib_sdtrain.train.noise_and_loss) and the LoRA options
+scale_weight_norms, network_multiplier, dim_from_weights, and vae: each checked against a computation written here
+from kohya v0.9's formulas, and in short training runs."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from lib_sdtrain.errors import ConfigError
+from lib_sdtrain.train import noise_and_loss as nl
+from lib_sdtrain.train.config import DEFAULT_ONLY_KEYS, IGNORED_KEYS, KNOWN_KEYS, config_from_dict, load_config
+from lib_sdtrain.train.loop import Trainer, train
+from lib_sdtrain.train.network.kohya_file import load_lora
+from lib_sdtrain.train.network.lora import LoRANetwork, NetworkSpec
+from lib_sdtrain.utils.progress import CallbackProgress
+from tests.train.conftest import train_settings
+
+IMPLEMENTED = (
+    "min_timestep", "max_timestep", "multires_noise_iterations", "multires_noise_discount",
+    "noise_offset_random_strength", "adaptive_noise_scale", "ip_noise_gamma", "ip_noise_gamma_random_strength",
+    "zero_terminal_snr", "debiased_estimation_loss", "scale_v_pred_loss_like_noise_pred", "v_pred_like_loss",
+    "loss_type", "huber_c", "huber_schedule", "huber_scale", "scale_weight_norms", "network_multiplier",
+    "dim_from_weights", "vae",
+)  # fmt: skip
+
+
+def config_for(model_dir, dataset, tmp_path, **overrides):
+    return load_config(None, train_settings(model_dir, dataset, tmp_path / "out", **overrides))
+
+
+def _sd_scheduler():
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000)
+
+
+# --- the keys are options now --------------------------------------------------------------------------------------
+
+
+def test_keys_are_schema_options_not_default_only():
+    for key in IMPLEMENTED:
+        assert key in KNOWN_KEYS and key not in IGNORED_KEYS and key not in DEFAULT_ONLY_KEYS, key
+    values = {"pretrained_model_name_or_path": "m", "train_data_dir": "d", "loss_type": "huber", "min_timestep": 100}
+    config = config_from_dict({**values, "noise_offset_type": "Multires", "multires_noise_iterations": 6})
+    assert (config.loss_type, config.min_timestep, config.multires_noise_iterations) == ("huber", 100, 6)
+    assert config.ignored == {"noise_offset_type": "Multires"}  # the GUI's field: sd-scripts does not read it
+    with pytest.raises(ConfigError, match="loss_type"):
+        config_from_dict({**values, "loss_type": "l3"})
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"min_timestep": 500, "max_timestep": 500}, "min_timestep"),
+        ({"max_timestep": 1001}, "max_timestep"),
+        ({"adaptive_noise_scale": 0.01}, "adaptive_noise_scale needs noise_offset"),
+        ({"noise_offset_random_strength": True}, "needs noise_offset"),
+        ({"ip_noise_gamma_random_strength": True}, "needs ip_noise_gamma"),
+        ({"v_parameterization": True, "v_pred_like_loss": 0.2}, "v_pred_like_loss"),
+        ({"dim_from_weights": True}, "needs network_weights"),
+        ({"network_module": None, "scale_weight_norms": 1.0}, "apply to a LoRA"),
+    ],
+)
+def test_combinations_kohya_refuses_or_that_would_do_nothing(overrides, message, tmp_path):
+    settings = {"pretrained_model_name_or_path": "m", "train_data_dir": "d", "network_module": "networks.lora"}
+    with pytest.raises(ConfigError, match=message):
+        config_from_dict({**settings, **overrides}).validate()
+
+
+def test_scale_v_pred_loss_needs_a_v_model(tiny_sd_dir, sks_dataset, tmp_path):
+    with pytest.raises(ConfigError, match="scale_v_pred_loss_like_noise_pred"):
+        Trainer(config_for(tiny_sd_dir, sks_dataset, tmp_path, scale_v_pred_loss_like_noise_pred=True), None, None)
+
+
+# --- noise ---------------------------------------------------------------------------------------------------------
+
+
+def test_noise_offset_with_random_strength_and_adaptive_scale_as_kohya_computes_it():
+    latents = torch.tensor([[[[1.0, 3.0]], [[-4.0, 0.0]]]])  # channel means 2 and -2
+    noise = torch.zeros(1, 2, 1, 2)
+    generator = torch.Generator().manual_seed(3)
+    strength = nl.random_strength(0.1, True, generator)
+    got = nl.apply_noise_offset(latents, noise, strength, 0.05, generator)
+
+    replay = torch.Generator().manual_seed(3)
+    expected_strength = torch.rand((), generator=replay).item() * 0.1
+    per_channel = torch.randn((1, 2, 1, 1), generator=replay)
+    offset = torch.tensor([expected_strength + 0.05 * 2, expected_strength + 0.05 * 2]).view(1, 2, 1, 1)
+    assert strength == pytest.approx(expected_strength) and 0 <= strength < 0.1
+    torch.testing.assert_close(got, (offset * per_channel).expand(1, 2, 1, 2))
+    # a negative adaptive scale cannot make the offset negative (kohya clamps at 0)
+    assert not nl.apply_noise_offset(latents, noise, 0.05, -1.0, torch.Generator().manual_seed(0)).any()
+
+
+def test_multires_noise_matches_kohyas_pyramid_and_is_low_frequency():
+    noise = torch.randn(8, 4, 32, 32, generator=torch.Generator().manual_seed(0))
+    got = nl.pyramid_noise(noise, 6, 0.3, torch.Generator().manual_seed(5))
+
+    replay, expected = torch.Generator().manual_seed(5), noise.clone()
+    for i in range(6):
+        r = torch.rand((), generator=replay).item() * 2 + 2
+        h, w = max(1, int(32 / r**i)), max(1, int(32 / r**i))
+        layer = torch.randn((8, 4, h, w), generator=replay)
+        expected += torch.nn.Upsample(size=(32, 32), mode="bilinear")(layer) * 0.3**i
+        if h == 1 or w == 1:
+            break
+    torch.testing.assert_close(got, expected / expected.std())
+    assert got.std().item() == pytest.approx(1.0, abs=1e-5)
+
+    # the coarse layers correlate neighbouring pixels, which white noise does not
+    def neighbour_correlation(x):
+        return torch.corrcoef(torch.stack([x[..., 1:].flatten(), x[..., :-1].flatten()]))[0, 1].item()
+
+    assert abs(neighbour_correlation(noise)) < 0.02 and neighbour_correlation(got) > 0.02
+    strong = nl.pyramid_noise(noise, 6, 0.8, torch.Generator().manual_seed(5))
+    assert neighbour_correlation(strong) > 0.1
+
+
+def test_input_perturbation_adds_gamma_times_normal_noise():
+    noise = torch.ones(2, 4, 3, 3)
+    got = nl.perturbed_noise(noise, 0.1, torch.Generator().manual_seed(7))
+    torch.testing.assert_close(got, noise + 0.1 * torch.randn(2, 4, 3, 3, generator=torch.Generator().manual_seed(7)))
+
+
+# --- timesteps and the schedule -------------------------------------------------------------------------------------
+
+
+def test_timesteps_stay_within_min_and_max(tiny_sd_dir, sks_dataset, tmp_path):
+    assert nl.timestep_range(None, None, 1000) == (0, 1000)
+    drawn = nl.sample_timesteps(4000, 100, 110, torch.Generator().manual_seed(0))
+    assert drawn.min() == 100 and drawn.max() == 109
+    trainer = Trainer(config_for(tiny_sd_dir, sks_dataset, tmp_path, min_timestep=300, max_timestep=302), None, None)
+    trainer.setup()
+    seen = []
+    real_predict = trainer._predict
+    trainer._predict = lambda noisy, timesteps, states: seen.append(timesteps) or real_predict(noisy, timesteps, states)
+    batches = trainer._epoch_batches(0)
+    for i in range(3):
+        trainer._loss(trainer._prepare_batch(batches, 0, i))
+    assert set(torch.cat(seen).tolist()) <= {300, 301}
+
+
+def test_zero_terminal_snr_rescales_the_training_schedule_only(tiny_sd2_dir, sks_dataset, tmp_path):
+    scheduler = _sd_scheduler()
+    original = scheduler.alphas_cumprod.clone()
+    nl.rescale_zero_terminal_snr(scheduler)
+    assert scheduler.alphas_cumprod[-1] == 0
+    assert scheduler.alphas_cumprod[0].item() == pytest.approx(original[0].item(), rel=1e-5)
+    assert (scheduler.alphas_cumprod[1:] < scheduler.alphas_cumprod[:-1]).all()
+    # sqrt(alpha_bar) is the original shifted and scaled (the paper's algorithm 1)
+    root = original.sqrt()
+    expected = (root - root[-1]) * root[0] / (root[0] - root[-1])
+    torch.testing.assert_close(scheduler.alphas_cumprod.sqrt(), expected, atol=1e-6, rtol=1e-5)
+
+    config = config_for(tiny_sd2_dir, sks_dataset, tmp_path, zero_terminal_snr=True, v_parameterization=True)
+    trainer = Trainer(config, None, None)
+    assert trainer.noise_scheduler.alphas_cumprod[-1] == 0
+    assert trainer.model.noise_scheduler().alphas_cumprod[-1] > 0  # samples keep the usual schedule
+    torch.testing.assert_close(trainer.snr, nl.snr_table(original))  # kohya's all_snr is taken before the fix
+
+
+# --- the loss -----------------------------------------------------------------------------------------------------
+
+
+def test_loss_types_and_huber_schedules_match_kohyas_formulas():
+    prediction = torch.tensor([0.0, 1.0, -3.0, 0.5]).view(2, 1, 1, 2)
+    target = torch.tensor([0.5, -1.0, 1.0, 0.5]).view(2, 1, 1, 2)
+    d = prediction - target
+    c = torch.tensor([0.1, 0.7])
+    cv = c.view(2, 1, 1, 1)
+    torch.testing.assert_close(nl.elementwise_loss(prediction, target, "l2"), d**2)
+    torch.testing.assert_close(nl.elementwise_loss(prediction, target, "l1"), d.abs())
+    torch.testing.assert_close(
+        nl.elementwise_loss(prediction, target, "huber", c), 2 * cv * ((d**2 + cv**2).sqrt() - cv)
+    )
+    torch.testing.assert_close(
+        nl.elementwise_loss(prediction, target, "smooth_l1", c), 2 * ((d**2 + cv**2).sqrt() - cv)
+    )
+
+    scheduler = _sd_scheduler()
+    t = torch.tensor([0, 250, 999])
+    bar = scheduler.alphas_cumprod[t]
+    args = (t, scheduler.alphas_cumprod, 1000)
+    torch.testing.assert_close(nl.huber_c("constant", 0.1, 2.0, *args), torch.full((3,), 0.2))
+    exponential = torch.tensor([math.exp(-(-math.log(0.1) / 1000) * x) for x in (0, 250, 999)]) * 2.0
+    torch.testing.assert_close(nl.huber_c("exponential", 0.1, 2.0, *args), exponential)
+    sigma = ((1 - bar) / bar).sqrt()
+    torch.testing.assert_close(nl.huber_c("snr", 0.1, 2.0, *args), (1 - 0.1) / (1 + sigma) ** 2 + 0.1)
+
+
+def test_snr_weights_match_kohyas_formulas():
+    snr = torch.tensor([2000.0, 4.0, 0.25])
+    loss = torch.tensor([1.0, 2.0, 3.0])
+    capped = torch.tensor([1000.0, 4.0, 0.25])
+    min_snr = torch.tensor([5 / 2000, 4 / 4, 0.25 / 0.25])
+    torch.testing.assert_close(nl.snr_weighted(loss, snr, False, min_snr_gamma=5), loss * min_snr)
+    min_snr_v = torch.tensor([5 / 2001, 4 / 5, 0.25 / 1.25])
+    torch.testing.assert_close(nl.snr_weighted(loss, snr, True, min_snr_gamma=5), loss * min_snr_v)
+    scale = capped / (capped + 1)
+    torch.testing.assert_close(nl.snr_weighted(loss, snr, True, scale_v_pred_loss_like_noise_pred=True), loss * scale)
+    torch.testing.assert_close(nl.snr_weighted(loss, snr, False, v_pred_like_loss=0.2), loss + loss / scale * 0.2)
+    torch.testing.assert_close(nl.snr_weighted(loss, snr, False, debiased_estimation_loss=True), loss / capped.sqrt())
+    torch.testing.assert_close(nl.snr_weighted(loss, snr, True, debiased_estimation_loss=True), loss / (capped + 1))
+    # kohya's order: min-SNR first, debiased last
+    both = nl.snr_weighted(loss, snr, False, min_snr_gamma=5, debiased_estimation_loss=True)
+    torch.testing.assert_close(both, loss * min_snr / capped.sqrt())
+
+
+# --- LoRA options ---------------------------------------------------------------------------------------------------
+
+
+def test_max_norm_scales_each_module_down_to_the_limit(tiny_sd_dir):
+    from lib_sdtrain.models.loading import load_sd_model
+
+    model = load_sd_model(tiny_sd_dir)
+    network = LoRANetwork(model.unet, model.text_encoder, NetworkSpec(rank=4, alpha=2, conv_rank=2, conv_alpha=1))
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for i, lora in enumerate(network.all_loras()):
+            lora.lora_up.weight.copy_(torch.randn(lora.lora_up.weight.shape, generator=generator) * (i % 3))
+    before = [float(lora.scaled_update().norm()) for lora in network.all_loras()]
+    limit = sorted(before)[len(before) // 2]
+    keys_scaled, mean_norm, max_norm = network.apply_max_norm(limit)
+    after = [float(lora.scaled_update().norm()) for lora in network.all_loras()]
+    assert keys_scaled == sum(n > limit for n in before) > 0
+    assert max(after) <= limit * (1 + 1e-5) and max_norm == pytest.approx(max(after), rel=1e-5)
+    assert mean_norm == pytest.approx(sum(min(n, limit) for n in before) / len(before), rel=1e-5)
+    for b, a in zip(before, after, strict=True):
+        assert a == pytest.approx(min(b, limit), rel=1e-4, abs=1e-7)  # norms below the limit are left alone
+
+
+def test_dim_from_weights_builds_the_files_network(tiny_sd_dir, sks_dataset, tmp_path):
+    from lib_sdtrain.models.loading import load_sd_model
+    from lib_sdtrain.train.network.kohya_file import save_lora
+
+    model = load_sd_model(tiny_sd_dir)
+    spec = NetworkSpec(rank=4, alpha=2, conv_rank=2, conv_alpha=1, train_text_encoder=False)
+    state = LoRANetwork(model.unet, model.text_encoder, spec).kohya_state_dict()
+    file = save_lora(state, tmp_path / "start.safetensors", {}, "float")
+    config = config_for(tiny_sd_dir, sks_dataset, tmp_path, network_dim=16, network_alpha=16, network_weights=str(file),
+                        dim_from_weights=True, max_train_steps=1)  # fmt: skip
+    result = train(config)
+    saved, metadata = load_lora(result.output)
+    assert {k: v.shape for k, v in saved.items()} == {k: v.shape for k, v in state.items()}
+    assert all(float(saved[k]) == float(state[k]) for k in state if k.endswith(".alpha"))
+    assert (metadata["ss_network_dim"], metadata["ss_network_alpha"]) == ("4", "2.0")
+    assert '"conv_dim": "2"' in metadata["ss_network_args"]
+
+
+def test_network_multiplier_scales_the_lora_while_training(tiny_sd_dir, sks_dataset, tmp_path):
+    trainer = Trainer(config_for(tiny_sd_dir, sks_dataset, tmp_path, network_multiplier=0.25), None, None)
+    trainer.setup()
+    assert {lora.multiplier for lora in trainer.network.all_loras()} == {0.25}
+    lora = next(m for m in trainer.network.unet_loras if m.lora_down.weight.ndim == 2)  # a Linear layer's
+    with torch.no_grad():
+        lora.lora_up.weight.fill_(0.01)
+        x = torch.randn(2, lora.lora_down.weight.shape[1], device=lora.lora_down.weight.device)
+        update = lora.forward(x) - lora._base_forward(x)
+        expected = 0.25 * lora.scale * lora.lora_up(lora.lora_down(x))
+    torch.testing.assert_close(update, expected)
+
+
+def test_external_vae_replaces_the_checkpoints_for_training_and_metadata(tiny_sd_dir, sks_dataset, tmp_path):
+    from lib_sdtrain.models.loading import load_sd_model, load_vae
+
+    model = load_sd_model(tiny_sd_dir)
+    changed = load_vae(tiny_sd_dir / "vae")
+    with torch.no_grad():
+        changed.decoder.conv_out.bias.add_(0.5)
+    changed.save_pretrained(tmp_path / "vae_folder", safe_serialization=True)
+    config = config_for(tiny_sd_dir, sks_dataset, tmp_path, vae=str(tmp_path / "vae_folder"))
+    trainer = Trainer(config, model, None)
+    torch.testing.assert_close(trainer.model.vae.decoder.conv_out.bias, changed.decoder.conv_out.bias)
+    assert trainer.model.vae is not model.vae  # the host's model keeps its own VAE
+    assert trainer.model.unet is model.unet
+
+    from lib_sdtrain.train.outputs import vae_metadata
+
+    vae_file = tmp_path / "my_vae.safetensors"
+    save_file({"x": torch.zeros(3)}, str(vae_file))
+    meta = vae_metadata(str(vae_file))
+    assert meta["ss_vae_name"] == "my_vae.safetensors" and len(meta["ss_vae_hash"]) == 8
+    import hashlib
+
+    assert meta["ss_new_vae_hash"] == hashlib.sha256(vae_file.read_bytes()).hexdigest()
+    assert vae_metadata(None) == {"ss_vae_name": "None"}
+
+
+# --- training with everything on ---------------------------------------------------------------------------------
+
+
+def test_training_with_every_option_stays_finite_and_is_recorded(tiny_sd_dir, sks_dataset, tmp_path):
+    events = []
+    progress = CallbackProgress(lambda event, payload: events.append((event, payload)))
+    config = config_for(
+        tiny_sd_dir, sks_dataset, tmp_path, max_train_steps=4, min_timestep=100, max_timestep=900,
+        noise_offset=0.1, noise_offset_random_strength=True, adaptive_noise_scale=0.01,
+        multires_noise_iterations=6, multires_noise_discount=0.3, ip_noise_gamma=0.1,
+        ip_noise_gamma_random_strength=True, zero_terminal_snr=True, debiased_estimation_loss=True,
+        v_pred_like_loss=0.1, min_snr_gamma=5, loss_type="huber", huber_schedule="exponential", huber_c=0.1,
+        scale_weight_norms=0.001, network_multiplier=0.8,
+    )  # fmt: skip
+    result = train(config, progress=progress)
+    assert result.steps == 4 and all(math.isfinite(x) for x in result.losses)
+    advances = [p for e, p in events if e == "advance"]
+    assert all("Keys Scaled" in p and "Average key norm" in p for p in advances)
+    assert advances[-1]["Keys Scaled"] > 0  # a tiny limit: the trained modules are scaled
+    weights, meta = load_lora(result.output)
+    network_norms = _update_norms(weights)
+    assert max(network_norms) <= 0.001 * (1 + 1e-3)
+    assert meta["ss_loss_type"] == "huber" and meta["ss_huber_schedule"] == "exponential"
+    assert meta["ss_huber_c"] == "0.1" and meta["ss_huber_scale"] == "1.0"
+    assert meta["ss_multires_noise_iterations"] == "6" and meta["ss_multires_noise_discount"] == "0.3"
+    assert meta["ss_ip_noise_gamma"] == "0.1" and meta["ss_ip_noise_gamma_random_strength"] == "True"
+    assert meta["ss_zero_terminal_snr"] == "True" and meta["ss_debiased_estimation"] == "True"
+    assert meta["ss_scale_weight_norms"] == "0.001" and meta["ss_adaptive_noise_scale"] == "0.01"
+    assert meta["ss_noise_offset_random_strength"] == "True"
+    assert meta["modelspec.timestep_range"] == "100,900"
+
+
+def test_v_model_training_with_its_loss_options_stays_finite(tiny_sd2_dir, sks_dataset, tmp_path):
+    config = config_for(
+        tiny_sd2_dir, sks_dataset, tmp_path, max_train_steps=3, v_parameterization=True, zero_terminal_snr=True,
+        scale_v_pred_loss_like_noise_pred=True, debiased_estimation_loss=True, loss_type="smooth_l1",
+        huber_schedule="snr", max_timestep=1000,
+    )  # fmt: skip
+    result = train(config)
+    assert result.steps == 3 and all(math.isfinite(x) for x in result.losses)
+    assert load_lora(result.output)[1]["modelspec.timestep_range"] == "0,1000"
+
+
+def _update_norms(weights: dict[str, torch.Tensor]) -> list[float]:
+    norms = []
+    for key in weights:
+        if not key.endswith(".lora_down.weight"):
+            continue
+        name = key.split(".")[0]
+        down, up = weights[key].float(), weights[f"{name}.lora_up.weight"].float()
+        scale = float(weights[f"{name}.alpha"]) / down.shape[0]
+        if down.ndim == 2:
+            delta = up @ down
+        elif down.shape[2:] == (1, 1):
+            delta = up.flatten(1) @ down.flatten(1)
+        else:
+            delta = torch.nn.functional.conv2d(down.permute(1, 0, 2, 3), up).permute(1, 0, 2, 3)
+        norms.append(float((delta * scale).norm()))
+    return norms
