@@ -45,7 +45,7 @@ DEFAULT_ONLY_KEYS: dict[str, tuple] = {
 IGNORED_KEYS = frozenset(
     {
         "xformers", "mem_eff_attn", "sdpa", "lowram", "persistent_data_loader_workers",
-        "max_grad_norm_type", "v2",
+        "v2",
         *DEFAULT_ONLY_KEYS,
     }
 )  # fmt: skip
@@ -364,8 +364,9 @@ class TrainConfig:
     network_args: list[str] = opt(  # noqa: RUF009 - opt gives a list a default_factory
         [],
         'Extra network settings as kohya writes them, "key=value" texts: conv_dim and conv_alpha (LoCon; '
-        "conv_alpha defaults to 1 as in kohya) and LyCORIS' algo=lora or locon. Other keys (rank_dropout, "
-        "module_dropout, loha, lokr, block weights) are refused, as SD-Train does not implement them.",
+        "conv_alpha defaults to 1 as in kohya), rank_dropout and module_dropout (kohya's dropout of LoRA ranks and "
+        "of whole modules while training), and LyCORIS' algo=lora or locon. Other keys (loha, lokr, block "
+        "weights) are refused, as SD-Train does not implement them.",
         "network",
     )
     network_train_unet_only: bool = opt(
@@ -947,15 +948,9 @@ def _network_arg_algo(text: str) -> None:
         )
 
 
-_NOT_IMPLEMENTED_ARGS = {
-    "rank_dropout": "dropout of LoRA ranks",
-    "module_dropout": "dropout of whole LoRA modules",
-}
-
-
 def parse_network_args(entries: list[str]) -> dict[str, Any]:
-    """kohya's network_args ("key=value" texts) as {"conv_dim": int, "conv_alpha": float}; ConfigError for what
-    SD-Train cannot honour, so no setting is silently dropped."""
+    """kohya's network_args ("key=value" texts) as {"conv_dim": int, "conv_alpha": float, "rank_dropout": float,
+    "module_dropout": float}; ConfigError for what SD-Train cannot honour, so no setting is silently dropped."""
     values: dict[str, Any] = {}
     for entry in entries:
         key, sep, text = str(entry).partition("=")
@@ -968,16 +963,14 @@ def parse_network_args(entries: list[str]) -> dict[str, Any]:
             values[key] = _network_arg_number(key, text, float)
         elif key == "algo":
             _network_arg_algo(text)
-        elif key in _NOT_IMPLEMENTED_ARGS:
-            if _network_arg_number(key, text, float) != 0:
-                raise ConfigError(
-                    f"network_args {key}={text} ({_NOT_IMPLEMENTED_ARGS[key]}) is not implemented in SD-Train; "
-                    "use network_dropout, or remove it."
-                )
+        elif key in ("rank_dropout", "module_dropout"):
+            values[key] = _network_arg_number(key, text, float)
+            if not 0 <= values[key] < 1:
+                raise ConfigError(f"network_args {key}={text}: expected a number from 0 to below 1.")
         else:
             raise ConfigError(
-                f"network_args {key}={text} is not supported by SD-Train (it knows conv_dim, conv_alpha and "
-                "algo=lora|locon); remove it."
+                f"network_args {key}={text} is not supported by SD-Train (it knows conv_dim, conv_alpha, "
+                "rank_dropout, module_dropout and algo=lora|locon); remove it."
             )
     if values.get("conv_dim") is not None and values["conv_dim"] < 1:
         values.pop("conv_dim")  # conv_dim=0: no LoCon, as in kohya

@@ -24,7 +24,7 @@ import torch
 from lib_sdtrain.errors import Cancelled, ConfigError, OutputError, SDTrainError
 from lib_sdtrain.models.sd_model import SDModel
 from lib_sdtrain.train import data, noise_and_loss, text
-from lib_sdtrain.train.config import HONOURED_OUTSIDE_SCHEMA, KOHYA_DEFAULTS, TrainConfig
+from lib_sdtrain.train.config import HONOURED_OUTSIDE_SCHEMA, KOHYA_DEFAULTS, TrainConfig, parse_network_args
 from lib_sdtrain.train.latent_cache import LatentCache, build_latent_cache, latent_source
 from lib_sdtrain.train.network.kohya_file import SAVE_DTYPES, load_lora
 from lib_sdtrain.train.network.lora import LoRANetwork, NetworkSpec, ranks_from_weights
@@ -145,10 +145,13 @@ class Trainer:
         model.unet.to(self.device)
         model.text_encoder.to(self.device)
         if config.is_lora:
+            network_args = parse_network_args(config.network_args)
             spec = NetworkSpec(
                 rank=config.network_dim,
                 alpha=config.network_alpha,
                 dropout=config.network_dropout,
+                rank_dropout=network_args.get("rank_dropout", 0.0),
+                module_dropout=network_args.get("module_dropout", 0.0),
                 conv_rank=config.locon_dim,
                 conv_alpha=config.locon_alpha,
                 train_unet=not config.network_train_text_encoder_only,
@@ -550,6 +553,8 @@ class Trainer:
             return
         was_training = self.model.unet.training
         self.model.unet.eval()
+        if self.network is not None:  # samples show the LoRA itself: none of its dropouts
+            self.network.eval()
         self._bring_back_offloaded()
         try:
             results = generate_samples(
@@ -563,6 +568,8 @@ class Trainer:
             results = []
         finally:
             self.model.unet.train(was_training)
+            if self.network is not None:
+                self.network.train(was_training)
             self._place_modules()
         for path, image in results:
             self.samples.append(path)

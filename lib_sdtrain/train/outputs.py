@@ -47,14 +47,31 @@ def base_model_metadata(model: SDModel) -> dict[str, str]:
     handed over (the WebUI's checkpoint), else the file's."""
     source = Path(model.source) if model.source else None
     meta = {"ss_sd_model_name": model.source_name or (source.name if source else "")}
-    model_hash = model.source_hash
-    if not model_hash and source is not None and source.is_file():
-        model_hash = legacy_file_hash(source)
+    model_hash, sha256 = model.source_hash, model.source_sha256
+    if source is not None and source.is_file() and not (model_hash and sha256):
+        hashes = file_hashes(source)
+        model_hash, sha256 = model_hash or hashes[0], sha256 or hashes[1]
     if model_hash:
         meta["ss_sd_model_hash"] = model_hash
-    if model.source_sha256:
-        meta["ss_new_sd_model_hash"] = model.source_sha256
+    if sha256:
+        meta["ss_new_sd_model_hash"] = sha256
     return meta
+
+
+_FILE_HASHES: dict[tuple[str, float], tuple[str, str]] = {}
+
+
+def file_hashes(path: Path) -> tuple[str, str]:
+    """(kohya's model_hash, the file's sha256), as kohya writes them for the base model and a VAE; computed once per
+    file and modification time in a process (the sha256 of an SD 1.5 file takes a few seconds)."""
+    key = (str(path.resolve()), path.stat().st_mtime)
+    if key not in _FILE_HASHES:
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        _FILE_HASHES[key] = (legacy_file_hash(path), digest.hexdigest())
+    return _FILE_HASHES[key]
 
 
 def _tag_frequency(items: list[TrainItem], config: TrainConfig) -> dict[str, dict[str, int]]:
@@ -248,6 +265,15 @@ def _subset_metadata(subset, items: list[TrainItem], config: TrainConfig) -> dic
     return meta
 
 
+def _network_args(config: TrainConfig, spec) -> dict[str, str]:
+    """kohya's net_kwargs: network_args as key -> text, LoCon's as the network has them (also when SD-Train's own
+    conv_dim / conv_alpha keys set it)."""
+    args = {key.strip(): text.strip() for key, _, text in (str(e).partition("=") for e in config.network_args)}
+    if spec and spec.conv_rank:
+        args.update(conv_dim=str(spec.conv_rank), conv_alpha=str(spec.conv_alpha))
+    return args
+
+
 def lora_metadata(trainer: Trainer, finished: bool) -> dict[str, str]:
     config, model = trainer.config, trainer.model
     resolution = config.resolution_size
@@ -272,9 +298,6 @@ def lora_metadata(trainer: Trainer, finished: bool) -> dict[str, str]:
         "ss_network_dim": str(spec.rank if spec else config.network_dim),  # dim_from_weights: the file's
         "ss_network_alpha": str(spec.alpha if spec else config.network_alpha),
         "ss_network_dropout": str(config.network_dropout),
-        "ss_network_args": json.dumps({"conv_dim": str(spec.conv_rank), "conv_alpha": str(spec.conv_alpha)})
-        if spec and spec.conv_rank
-        else "{}",
         "ss_mixed_precision": config.mixed_precision,
         "ss_full_fp16": str(bool(_value(config, "full_fp16", False))),
         "ss_v2": str(model.version == "sd2"),
@@ -336,8 +359,11 @@ def lora_metadata(trainer: Trainer, finished: bool) -> dict[str, str]:
     if finished:
         meta["ss_training_finished_at"] = str(time.time())
     comment = trainer.stop_note or _value(config, "training_comment")
-    if comment:  # a cancelled run's LoRA says so wherever its metadata is shown; unset: left out (kohya: "None"),
-        meta["ss_training_comment"] = str(comment)  # since the WebUI and `inspect` show any comment present
+    network_args = _network_args(config, spec)
+    if network_args:  # kohya writes its network_args only when there are some
+        meta["ss_network_args"] = json.dumps(network_args)
+    # A cancelled run's LoRA says so wherever its metadata is shown; unset: "None", as kohya writes it.
+    meta["ss_training_comment"] = str(comment or None)
     if config.no_metadata:
         meta = {k: v for k, v in meta.items() if k in MINIMUM_KEYS}
     meta[OWNER_KEY] = config.output_name
@@ -352,27 +378,17 @@ def _or(value: Any, default: Any) -> Any:
     return default if value is None else value
 
 
-_VAE_HASHES: dict[tuple[str, float], dict[str, str]] = {}
-
-
 def vae_metadata(vae: str | None) -> dict[str, str]:
-    """kohya's ss_vae_name ("None" without a vae) and, for a VAE file, ss_vae_hash (the old 8-digit hash) and
-    ss_new_vae_hash (its sha256); the file name without its folder. Hashed once per file and run."""
+    """kohya's ss_vae_name (only with a vae) and, for a VAE file, ss_vae_hash (the old 8-digit hash) and
+    ss_new_vae_hash (its sha256); the file name without its folder."""
     if not vae:
-        return {"ss_vae_name": "None"}
+        return {}
     path = Path(vae)
     if not path.exists():  # a hub id
         return {"ss_vae_name": vae}
     meta = {"ss_vae_name": path.name}
     if path.is_file():
-        key = (str(path.resolve()), path.stat().st_mtime)
-        if key not in _VAE_HASHES:
-            digest = hashlib.sha256()
-            with open(path, "rb") as f:
-                for block in iter(lambda: f.read(1 << 20), b""):
-                    digest.update(block)
-            _VAE_HASHES[key] = {"ss_vae_hash": legacy_file_hash(path), "ss_new_vae_hash": digest.hexdigest()}
-        meta.update(_VAE_HASHES[key])
+        meta["ss_vae_hash"], meta["ss_new_vae_hash"] = file_hashes(path)
     return meta
 
 

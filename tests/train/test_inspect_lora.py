@@ -35,6 +35,7 @@ def test_inspect_describes_a_trained_locon(tiny_sd_dir, sks_dataset, tmp_path, c
     assert lines["learning rate"].strip().startswith("0.002")
     assert lines["network args"].strip() == "conv_dim=4, conv_alpha=2.0"  # as ss_network_args holds it
     assert "(fp32)" not in lines["file"] and "fp32" in lines["file"]
+    assert "comment" not in lines  # kohya's "None" (no training_comment) is not shown as a comment
 
 
 def text_counts(modules_line: str) -> tuple[int, int]:

@@ -242,9 +242,18 @@ def test_gui_values_sd_train_cannot_honour_are_refused(key, value):
 
 @pytest.mark.parametrize(
     ("entry", "message"),
-    [("algo=loha", "algo=loha is not implemented"), ("rank_dropout=0.1", "rank_dropout=0.1"), ("block_dims=2", "")],
+    [("algo=loha", "algo=loha is not implemented"), ("rank_dropout=1.5", "rank_dropout=1.5"), ("block_dims=2", "")],
 )
 def test_network_args_sd_train_cannot_honour_are_refused(entry, message):
     values = {**_example_keys(KOHYA_SS_GUI), "network_args": [entry]}
     with pytest.raises(ConfigError, match=f"network_args {message}"):
         config_from_dict(values).validate()
+
+
+def test_no_key_is_accepted_and_then_ignored():
+    """Every accepted kohya key is honoured, a no-op only for speed/memory/logging (with its note), or accepted only
+    at a value that changes nothing: the README table has no "accepted but not used" group."""
+    from lib_sdtrain.train.options import key_status
+
+    statuses = {key: key_status(key)[0] for key in IGNORED_KEYS}
+    assert "Accepted, not used" not in statuses.values(), statuses

@@ -182,14 +182,14 @@ def test_network_args_conv_dim_makes_a_locon():
     [
         (["algo=loha"], r"algo=loha .*lora or locon"),
         (["algo=lokr"], r"algo=lokr"),
-        (["rank_dropout=0.1"], r"rank_dropout"),
-        (["module_dropout=0.1"], r"module_dropout"),
+        (["rank_dropout=1"], r"rank_dropout=1: expected a number from 0 to below 1"),
+        (["module_dropout=-0.1"], r"module_dropout"),
         (["conv_dim=eight"], r"conv_dim=eight"),
         (["conv_dim"], r"'conv_dim'.*key=value"),
         (["block_dims=2,2,2"], r"block_dims.*not supported"),
     ],
 )
-def test_network_args_that_are_not_implemented_are_refused(args, message):
+def test_network_args_that_are_not_implemented_or_out_of_range_are_refused(args, message):
     with pytest.raises(ConfigError, match=message):
         load_config(None, {**REQUIRED, "network_module": "networks.lora", "network_args": args})
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 
 import pytest
@@ -18,7 +19,7 @@ from lib_sdtrain.models.configs import unet_layout
 from lib_sdtrain.models.loading import load_sd_model
 from lib_sdtrain.models.saving import sd_model_to_ldm
 from lib_sdtrain.train.network.kohya_file import load_lora, save_lora
-from lib_sdtrain.train.network.lora import LoRANetwork, NetworkSpec
+from lib_sdtrain.train.network.lora import LoRAModule, LoRANetwork, NetworkSpec
 
 
 def randomize(network: LoRANetwork, seed: int = 0) -> None:
@@ -182,3 +183,54 @@ def test_new_network_changes_nothing_until_trained(tiny_sd_dir):
         after = model.unet(sample, 10, encoder_hidden_states=context).sample
         network.detach()
     assert torch.equal(before, after)
+
+
+def kohya_forward(module, x: torch.Tensor, dropout: float, rank_dropout: float, module_dropout: float) -> torch.Tensor:
+    """kohya networks.lora LoRAModule.forward while training, written out step by step, drawing from torch's global
+    generator in the same order."""
+    base = module._base_forward(x)
+    if module_dropout and torch.rand(1) < module_dropout:
+        return base
+    hidden = module.lora_down(x)
+    if dropout:
+        hidden = torch.nn.functional.dropout(hidden, p=dropout)
+    scale = module.scale
+    if rank_dropout:
+        mask = torch.rand((hidden.size(0), module.rank), device=hidden.device) > rank_dropout
+        mask = (
+            mask.unsqueeze(1) if hidden.dim() == 3 else mask.unsqueeze(-1).unsqueeze(-1) if hidden.dim() == 4 else mask
+        )
+        hidden = hidden * mask
+        scale = scale * (1.0 / (1.0 - rank_dropout))
+    return base + module.lora_up(hidden) * module.multiplier * scale
+
+
+@pytest.mark.parametrize(("dropout", "rank_dropout", "module_dropout"), [(0.3, 0, 0), (0, 0.5, 0), (0.1, 0.25, 0.5)])
+def test_the_three_dropouts_are_kohyas(dropout, rank_dropout, module_dropout):
+    layers = {"linear": torch.nn.Linear(12, 10), "conv": torch.nn.Conv2d(4, 6, 3, padding=1)}
+    inputs = {"linear": torch.randn(3, 5, 12), "conv": torch.randn(3, 4, 6, 6)}
+    for kind, layer in layers.items():
+        lora = LoRAModule("lora_test", layer, 4, 2.0, dropout, rank_dropout, module_dropout)
+        torch.nn.init.normal_(lora.lora_up.weight)
+        lora.attach()
+        for seed in range(4):
+            torch.manual_seed(seed)
+            ours = lora(inputs[kind])
+            torch.manual_seed(seed)
+            theirs = kohya_forward(lora, inputs[kind], dropout, rank_dropout, module_dropout)
+            torch.testing.assert_close(ours, theirs, msg=f"{kind}, seed {seed}")
+        lora.eval()  # no dropout at all outside training (samples)
+        plain = lora._base_forward(inputs[kind]) + lora.lora_up(lora.lora_down(inputs[kind])) * lora.scale
+        torch.testing.assert_close(lora(inputs[kind]), plain)
+
+
+def test_network_args_dropouts_reach_the_modules_and_the_metadata(tiny_sd_dir, sks_dataset, tmp_path):
+    from lib_sdtrain.train.config import load_config
+    from lib_sdtrain.train.loop import train
+    from tests.train.conftest import train_settings
+
+    args = ["rank_dropout=0.2", "module_dropout=0.1"]
+    result = train(load_config(None, train_settings(tiny_sd_dir, sks_dataset, tmp_path, max_train_steps=2,
+                                                    network_args=args)))  # fmt: skip
+    metadata = load_lora(result.output)[1]
+    assert json.loads(metadata["ss_network_args"]) == {"rank_dropout": "0.2", "module_dropout": "0.1"}

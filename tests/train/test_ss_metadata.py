@@ -16,7 +16,7 @@ from lib_sdtrain.train.outputs import lora_metadata
 
 # kohya sd-scripts v0.8.7 train_network.py: the keys of its metadata dict for a run without dataset_config (which
 # writes ss_datasets instead of the dataset keys), plus those added per save. ss_network_args only with network_args;
-# ss_sd_model_hash / ss_new_sd_model_hash / ss_vae_hash only when the hashes are known.
+# ss_sd_model_hash / ss_new_sd_model_hash when the model is a file; ss_vae_name and its hashes only with a vae.
 KOHYA_087_KEYS = {
     "ss_session_id", "ss_training_started_at", "ss_output_name", "ss_learning_rate", "ss_text_encoder_lr",
     "ss_unet_lr", "ss_num_train_images", "ss_num_reg_images", "ss_num_batches_per_epoch", "ss_num_epochs",
@@ -35,7 +35,7 @@ KOHYA_087_KEYS = {
     "ss_max_bucket_reso", "ss_keep_tokens", "ss_dataset_dirs", "ss_reg_dataset_dirs", "ss_tag_frequency",
     "ss_bucket_info",
     # model and per save
-    "ss_sd_model_name", "ss_vae_name", "ss_training_finished_at", "ss_steps", "ss_epoch",
+    "ss_sd_model_name", "ss_training_finished_at", "ss_steps", "ss_epoch",
 }  # fmt: skip
 
 
@@ -82,15 +82,13 @@ def test_metadata_has_kohya_087_keys(tmp_path):
     trainer, _ = _dataset(tmp_path)
     meta = lora_metadata(trainer, finished=True)
     ss_keys = {k for k in meta if k.startswith("ss_")}
-    # ss_training_comment only when there is one: the WebUI and `inspect` would show kohya's "None" as a comment
-    assert KOHYA_087_KEYS - ss_keys == {"ss_training_comment"}
-    # ss_network_args: "{}" without LoCon (kohya leaves it out); the loss keys kohya v0.9 added (huber_scale: later)
-    assert ss_keys - KOHYA_087_KEYS == {"ss_network_args", "ss_loss_type", "ss_huber_schedule", "ss_huber_c",
-                                        "ss_huber_scale"}  # fmt: skip
+    assert not KOHYA_087_KEYS - ss_keys
+    # the loss keys kohya v0.9 added (huber_scale: later); no ss_network_args without network_args, as in kohya
+    assert ss_keys - KOHYA_087_KEYS == {"ss_loss_type", "ss_huber_schedule", "ss_huber_c", "ss_huber_scale"}
     assert all(isinstance(v, str) for v in meta.values())
     # unset options read "None", kohya's str(None); off switches "False"
     for key in ("ss_multires_noise_iterations", "ss_scale_weight_norms", "ss_ip_noise_gamma",
-                "ss_caption_dropout_every_n_epochs", "ss_face_crop_aug_range", "ss_vae_name"):  # fmt: skip
+                "ss_caption_dropout_every_n_epochs", "ss_face_crop_aug_range", "ss_training_comment"):  # fmt: skip
         assert meta[key] == "None", key
     assert meta["ss_zero_terminal_snr"] == meta["ss_color_aug"] == meta["ss_debiased_estimation"] == "False"
     assert meta["ss_prior_loss_weight"] == "1.0"

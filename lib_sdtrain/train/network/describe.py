@@ -115,7 +115,7 @@ def _training(metadata: dict[str, str]) -> list[tuple[str, str | None]]:
         ("precision", get("ss_mixed_precision")),
         ("network", get("ss_network_module")),
         ("network args", _network_args(get("ss_network_args"))),
-        ("comment", get("ss_training_comment")),
+        ("comment", None if get("ss_training_comment") == "None" else get("ss_training_comment")),
     ]
     return rows
 

@@ -3,7 +3,10 @@
 Each LoRA module wraps one Linear/Conv2d of the model by replacing that layer's `forward` (the base weights are
 never touched, so the network can be removed or merged):
 
-    y = W x + multiplier * (alpha / rank) * up(down(dropout(x)))
+    y = W x + multiplier * (alpha / rank) * up(dropout(down(x)))
+
+While training, kohya's three dropouts: network_dropout on down(x)'s neurons, rank_dropout on whole ranks per
+sample (the update scaled up to match, as if the rank were smaller), module_dropout skipping the whole update.
 
 Targets (kohya's): every Linear and 1x1 Conv2d inside the UNet's Transformer2DModel blocks and the text encoder's
 CLIPAttention/CLIPMLP; with LoCon (`conv_dim`) also the convolutions of ResnetBlock2D/Downsample2D/Upsample2D, where
@@ -31,11 +34,20 @@ class LoRAModule(nn.Module):
     """A low-rank update of one Linear or Conv2d layer."""
 
     def __init__(
-        self, name: str, layer: nn.Linear | nn.Conv2d, rank: int, alpha: float | None, dropout: float = 0.0
+        self,
+        name: str,
+        layer: nn.Linear | nn.Conv2d,
+        rank: int,
+        alpha: float | None,
+        dropout: float = 0.0,
+        rank_dropout: float = 0.0,
+        module_dropout: float = 0.0,
     ) -> None:
         super().__init__()
         self.lora_name = name
         self.rank = rank
+        self.rank_dropout = rank_dropout
+        self.module_dropout = module_dropout
         if isinstance(layer, nn.Conv2d):
             # The down projection has the layer's kernel; the up projection is 1x1 (kohya's LoCon layout).
             self.lora_down = nn.Conv2d(
@@ -73,8 +85,20 @@ class LoRAModule(nn.Module):
         base = self._base_forward(x)
         if self.multiplier == 0:
             return base
-        update = self.lora_up(self.lora_down(self.dropout(x.to(self.lora_down.weight.dtype))))
-        return base + (update * (self.multiplier * self.scale)).to(base.dtype)
+        if self.training and self.module_dropout and torch.rand(()) < self.module_dropout:
+            return base
+        hidden = self.dropout(self.lora_down(x.to(self.lora_down.weight.dtype)))
+        scale = self.scale
+        if self.training and self.rank_dropout:
+            keep = torch.rand((hidden.shape[0], self.rank), device=hidden.device) > self.rank_dropout
+            if hidden.ndim == 3:  # (batch, tokens, rank)
+                keep = keep[:, None, :]
+            elif hidden.ndim == 4:  # convolutions: (batch, rank, height, width)
+                keep = keep[:, :, None, None]
+            hidden = hidden * keep
+            scale = scale / (1.0 - self.rank_dropout)
+        update = self.lora_up(hidden)
+        return base + (update * (self.multiplier * scale)).to(base.dtype)
 
     @torch.no_grad()
     def delta_weight(self) -> torch.Tensor:
@@ -99,6 +123,8 @@ class NetworkSpec:
     rank: int = 4
     alpha: float | None = 1.0
     dropout: float = 0.0
+    rank_dropout: float = 0.0
+    module_dropout: float = 0.0
     conv_rank: int | None = None  # LoCon: rank of the 3x3 convolutions; None leaves them out
     conv_alpha: float | None = None
     train_unet: bool = True
@@ -203,7 +229,7 @@ def _create_modules(root: nn.Module, prefix: str, targets: tuple[str, ...], spec
     for lora_name, child in target_layers(root, prefix, targets):
         if spec.module_ranks is not None:  # dim_from_weights: the file's modules, ranks and alphas
             if lora_name in spec.module_ranks:
-                loras.append(LoRAModule(lora_name, child, *spec.module_ranks[lora_name], spec.dropout))
+                loras.append(LoRAModule(lora_name, child, *spec.module_ranks[lora_name], *_dropouts(spec)))
             continue
         if child.__class__.__name__ == "Linear" or child.kernel_size == (1, 1):
             rank, alpha = spec.rank, spec.alpha
@@ -211,8 +237,12 @@ def _create_modules(root: nn.Module, prefix: str, targets: tuple[str, ...], spec
             rank, alpha = spec.conv_rank, spec.conv_alpha
         else:
             continue
-        loras.append(LoRAModule(lora_name, child, rank, alpha, spec.dropout))
+        loras.append(LoRAModule(lora_name, child, rank, alpha, *_dropouts(spec)))
     return loras
+
+
+def _dropouts(spec: NetworkSpec) -> tuple[float, float, float]:
+    return spec.dropout, spec.rank_dropout, spec.module_dropout
 
 
 def target_layers(
