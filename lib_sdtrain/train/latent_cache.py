@@ -87,7 +87,7 @@ def build_latent_cache(items: list[data.TrainItem], vae, config: TrainConfig, pr
     """Encode each image-folder image once (both ways round where flip_aug asks), vae_batch_size images a call, one
     bucket per call; with cache_latents_to_disk, read a matching .npz instead and write the new ones."""
     cache = LatentCache()
-    if why_not_cached(items, config) is not None:
+    if not folder_items(items) or why_not_cached(items, config) is not None:
         return cache
     wanted: dict[tuple[Path, tuple[int, int]], data.TrainItem] = {}
     flip: set[tuple[Path, tuple[int, int]]] = set()
@@ -97,6 +97,8 @@ def build_latent_cache(items: list[data.TrainItem], vae, config: TrainConfig, pr
         if _augment(item, config).flip_aug:
             flip.add(key)
     todo = [key for key in wanted if not (config.cache_latents_to_disk and _read_npz(cache, key, key in flip))]
+    if not todo:
+        return cache
     progress.start(len(todo), "caching latents")
     by_bucket: dict[tuple[int, int], list] = {}
     for key in todo:

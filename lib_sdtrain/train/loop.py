@@ -25,7 +25,7 @@ from lib_sdtrain.errors import Cancelled, ConfigError, OutputError, SDTrainError
 from lib_sdtrain.models.sd_model import SDModel
 from lib_sdtrain.train import data, noise_and_loss, text
 from lib_sdtrain.train.config import HONOURED_OUTSIDE_SCHEMA, KOHYA_DEFAULTS, TrainConfig, parse_network_args
-from lib_sdtrain.train.latent_cache import LatentCache, build_latent_cache, latent_source
+from lib_sdtrain.train.latent_cache import LatentCache, build_latent_cache, folder_items, latent_source
 from lib_sdtrain.train.network.kohya_file import SAVE_DTYPES, load_lora
 from lib_sdtrain.train.network.lora import LoRANetwork, NetworkSpec, ranks_from_weights
 from lib_sdtrain.train.optim import make_lr_scheduler, make_optimizer
@@ -594,9 +594,14 @@ class Trainer:
         lines += [
             f"SD-Train default differs from kohya: {key} {_shown(getattr(config, key))} (kohya's default: {kohya})"
             for key, kohya in KOHYA_DEFAULTS.items()
-            if key not in config.given and getattr(config, key) == _default(key)
+            if key not in config.given and getattr(config, key) == _default(key) and self._default_matters(key)
         ]
         return "\n".join(lines)
+
+    def _default_matters(self, key: str) -> bool:
+        """Whether a default that differs from kohya's changes this run: the bucket and latent-cache defaults act on
+        image folders only (metadata datasets come bucketed and cached from Prepare)."""
+        return key not in ("cache_latents", "enable_bucket") or bool(folder_items(self.items))
 
     def _what(self) -> str:
         if self.network is None:

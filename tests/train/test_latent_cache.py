@@ -16,7 +16,7 @@ from lib_sdtrain.train.loop import STORAGE_DEVICE, Trainer, train
 
 @pytest.fixture
 def image_folder(tmp_path):
-    folder = tmp_path / "data" / "2_sks"
+    folder = tmp_path / "folders" / "2_sks"
     folder.mkdir(parents=True)
     for i in range(4):
         Image.new("RGB", (64, 64), (200, 40 * i, 20)).save(folder / f"{i}.png")
@@ -93,3 +93,12 @@ def test_vae_batch_size_sets_the_images_per_vae_call(tiny_sd_dir, image_folder, 
     monkeypatch.setattr(latent_cache, "encode_latents", counting_encode)
     setup_trainer(folder_config(tiny_sd_dir, image_folder, tmp_path, vae_batch_size=3))
     assert calls == [3, 1]
+
+
+def test_the_summary_names_the_cache_default_only_where_it_acts(tiny_sd_dir, image_folder, sks_dataset, tmp_path):
+    folders = setup_trainer(folder_config(tiny_sd_dir, image_folder, tmp_path / "a")).summary()
+    assert "default differs from kohya: cache_latents True" in folders
+    from tests.train.test_training import config_for
+
+    metadata = setup_trainer(config_for(tiny_sd_dir, sks_dataset, tmp_path / "b", max_train_steps=1)).summary()
+    assert "cached latents (.npz from Prepare)" in metadata and "cache_latents" not in metadata
