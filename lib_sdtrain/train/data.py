@@ -31,6 +31,7 @@ from lib_sdtrain.dataset.images import ImageLoadError, list_images, load_image_r
 from lib_sdtrain.dataset.metadata import read_caption_file
 from lib_sdtrain.errors import ConfigError, DatasetError
 from lib_sdtrain.prepare.buckets import BucketAssigner, BucketChoice, BucketSettings, resize_and_crop
+from lib_sdtrain.prepare.latents import flip_npz_path_for  # <stem>_flip.npz beside <stem>.npz or its image
 from lib_sdtrain.train.config import TrainConfig
 from lib_sdtrain.train.dataset_config import AUGMENT_KEYS, Augment, Subset, check_augment, read_dataset_config
 
@@ -289,12 +290,8 @@ def _unusable_latents_reason(augment: Augment | TrainConfig) -> str:
     return ""
 
 
-def _flip_npz_path(path: Path) -> Path:
-    return path.with_name(f"{path.stem}_flip.npz")
-
-
 def _flipped_latents_cached(path: Path) -> bool:
-    if _flip_npz_path(path).is_file():
+    if flip_npz_path_for(path).is_file():
         return True
     try:
         with np.load(path) as npz:
@@ -333,7 +330,7 @@ def _cached_latents_size(path: Path) -> tuple[int, int]:
     """(width, height) in pixels of the latents in a kohya .npz."""
     try:
         with np.load(path) as npz:
-            shape = npz["latents" if "latents" in npz.files else "arr_0"].shape
+            shape = npz[_latents_key(npz.files)].shape
     except (OSError, ValueError, KeyError, EOFError) as e:
         raise DatasetError(f"Cannot read cached latents {path}: {e}. Re-run Prepare (sdtrain buckets).") from e
     if len(shape) != 3:
@@ -636,9 +633,9 @@ def load_cached_latents(item: TrainItem, flip: bool) -> torch.Tensor:
             return torch.from_numpy(npz["latents_flipped"].astype(np.float32))
         if not flip:
             return torch.from_numpy(npz[_latents_key(npz.files)].astype(np.float32))
-    if not _flip_npz_path(path).is_file():
-        raise DatasetError(f"{path} has no flipped latents (latents_flipped or {_flip_npz_path(path).name}).")
-    with np.load(_flip_npz_path(path)) as npz:
+    if not flip_npz_path_for(path).is_file():
+        raise DatasetError(f"{path} has no flipped latents (latents_flipped or {flip_npz_path_for(path).name}).")
+    with np.load(flip_npz_path_for(path)) as npz:
         return torch.from_numpy(npz[_latents_key(npz.files)].astype(np.float32))
 
 

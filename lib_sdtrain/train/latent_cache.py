@@ -70,6 +70,11 @@ def why_not_cached(items: list[data.TrainItem], config: TrainConfig) -> str | No
     return None
 
 
+def will_cache(items: list[data.TrainItem], config: TrainConfig) -> bool:
+    """Whether build_latent_cache has image-folder latents to encode (or read) before training."""
+    return bool(folder_items(items)) and why_not_cached(items, config) is None
+
+
 def latent_source(items: list[data.TrainItem], config: TrainConfig) -> str:
     """Where a run's latents come from, for the start-of-training summary and the Check button's plan."""
     folders = folder_items(items)
@@ -87,7 +92,7 @@ def build_latent_cache(items: list[data.TrainItem], vae, config: TrainConfig, pr
     """Encode each image-folder image once (both ways round where flip_aug asks), vae_batch_size images a call, one
     bucket per call; with cache_latents_to_disk, read a matching .npz instead and write the new ones."""
     cache = LatentCache()
-    if not folder_items(items) or why_not_cached(items, config) is not None:
+    if not will_cache(items, config):
         return cache
     wanted: dict[tuple[Path, tuple[int, int]], data.TrainItem] = {}
     flip: set[tuple[Path, tuple[int, int]]] = set()
@@ -142,11 +147,12 @@ def _encode(cache: LatentCache, vae, batch: list[data.TrainItem], keys: list, fl
             cache.flipped[key] = flipped[i]
         if config.cache_latents_to_disk:
             assert item.image_path is not None
+            size = data.upright_size(item.image_path)
             save_latents_npz(
                 item.image_path,
                 latents[i].numpy(),
-                data.upright_size(item.image_path),
-                crop_ltrb(item.bucket, data.upright_size(item.image_path)),
+                size,
+                crop_ltrb(item.bucket, size),
                 cache.flipped[key].numpy() if key in cache.flipped else None,
             )
     cache.encoded += len(batch)

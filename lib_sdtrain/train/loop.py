@@ -25,7 +25,7 @@ from lib_sdtrain.errors import Cancelled, ConfigError, OutputError, SDTrainError
 from lib_sdtrain.models.sd_model import SDModel
 from lib_sdtrain.train import data, noise_and_loss, text
 from lib_sdtrain.train.config import HONOURED_OUTSIDE_SCHEMA, KOHYA_DEFAULTS, TrainConfig, parse_network_args
-from lib_sdtrain.train.latent_cache import LatentCache, build_latent_cache, folder_items, latent_source
+from lib_sdtrain.train.latent_cache import LatentCache, build_latent_cache, folder_items, latent_source, will_cache
 from lib_sdtrain.train.network.kohya_file import SAVE_DTYPES, load_lora
 from lib_sdtrain.train.network.lora import LoRANetwork, NetworkSpec, ranks_from_weights
 from lib_sdtrain.train.optim import make_lr_scheduler, make_optimizer
@@ -250,8 +250,9 @@ class Trainer:
 
     def _cache_latents(self) -> None:
         """Image-folder items: encode each image once now (latent_cache), unless the pixels change per step."""
-        self.model.vae.to(self.device)
-        self.latent_cache = build_latent_cache(self.items, self.model.vae, self.config, self.progress)
+        if will_cache(self.items, self.config):
+            self.model.vae.to(self.device)
+            self.latent_cache = build_latent_cache(self.items, self.model.vae, self.config, self.progress)
 
     def text_encoder_needed(self) -> bool:
         """Whether steps run the text encoder: not when its outputs are cached."""
@@ -360,8 +361,8 @@ class Trainer:
     def _steps_before(self, epoch: int, local_index: int) -> int:
         """Optimizer steps done when this batch trains (kohya's current_step, which token warmup reads), known
         ahead since batches are prepared in a loader thread."""
-        accumulation = self.config.gradient_accumulation_steps
-        return epoch * math.ceil(self.batches_per_epoch / accumulation) + local_index // accumulation
+        per_epoch = steps_per_epoch(self.config, self.batches_per_epoch)
+        return epoch * per_epoch + local_index // self.config.gradient_accumulation_steps
 
     def _prepare_batch(self, batches: list[list[int]], epoch: int, local_index: int) -> PreparedBatch:
         """Everything a step needs from the data, on the CPU; runs in a loader thread (prefetch), so it draws only
@@ -818,11 +819,16 @@ def shard_batches(batches: list[list[int]], world: int, rank: int) -> list[list[
     return padded[rank::world]
 
 
+def steps_per_epoch(config: TrainConfig, batches_per_epoch: int) -> int:
+    """Optimizer steps in an epoch: one per gradient_accumulation_steps batches, and one for the epoch's rest."""
+    return math.ceil(batches_per_epoch / config.gradient_accumulation_steps)
+
+
 def step_plan(config: TrainConfig, batches_per_epoch: int) -> tuple[int, int]:
     """(total optimizer steps, epochs) as kohya counts them: max_train_epochs wins over max_train_steps."""
-    steps_per_epoch = math.ceil(batches_per_epoch / config.gradient_accumulation_steps)
-    total = config.max_train_epochs * steps_per_epoch if config.max_train_epochs else config.max_train_steps
-    return total, math.ceil(total / steps_per_epoch)
+    per_epoch = steps_per_epoch(config, batches_per_epoch)
+    total = config.max_train_epochs * per_epoch if config.max_train_epochs else config.max_train_steps
+    return total, math.ceil(total / per_epoch)
 
 
 def describe_items(items: list[data.TrainItem], config: TrainConfig) -> str:

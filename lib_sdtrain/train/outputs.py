@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from lib_sdtrain.prepare.buckets import parse_resolution
 from lib_sdtrain.train.data import REPEAT_FOLDER, TrainItem, reg_image_count, upright_size
 from lib_sdtrain.train.network.kohya_file import lora_model_spec
 
@@ -110,18 +111,9 @@ def _image_size(item: TrainItem) -> tuple[int, int] | None:
     return None
 
 
-_AR_ERRORS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def mean_img_ar_error(trainer: Trainer) -> float | None:
+def _ar_error(items: list[TrainItem]) -> float | None:
     """kohya's bucket_info mean_img_ar_error: the mean |bucket aspect ratio - image aspect ratio| over the images
     (each once); None when an image's size is unknown (latents without original_size and no image file)."""
-    if trainer not in _AR_ERRORS:  # read once per run: the files do not change while it trains
-        _AR_ERRORS[trainer] = _ar_error(trainer.items)
-    return _AR_ERRORS[trainer]
-
-
-def _ar_error(items: list[TrainItem]) -> float | None:
     errors = []
     for item in _unique_images(items):
         size = _image_size(item)
@@ -173,10 +165,31 @@ FLAT_DATASET_KEYS = frozenset(
     {
         "ss_batch_size_per_device", "ss_total_batch_size", "ss_resolution", "ss_color_aug", "ss_flip_aug",
         "ss_random_crop", "ss_shuffle_caption", "ss_enable_bucket", "ss_bucket_no_upscale", "ss_min_bucket_reso",
-        "ss_max_bucket_reso", "ss_keep_tokens", "ss_reg_dataset_dirs", "ss_bucket_info",
+        "ss_max_bucket_reso", "ss_keep_tokens",
     }
 )  # fmt: skip
 """The keys kohya writes only without a dataset_config; with one, ss_datasets holds them per dataset."""
+
+
+_DATASET_METADATA: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _dataset_metadata(trainer: Trainer) -> dict[str, str]:
+    """The ss_* entries that describe the data. They read image headers, latents files and the dataset_config, and
+    do not change while a run trains: worked out at the first save and reused by the later ones."""
+    if trainer not in _DATASET_METADATA:
+        items, config = trainer.items, trainer.config
+        if config.dataset_config:
+            meta = _datasets_metadata(trainer)
+        else:
+            meta = {
+                "ss_bucket_info": json.dumps(_bucket_info(items, _ar_error(items))),
+                "ss_tag_frequency": json.dumps(_tag_frequency(items, config)),
+                "ss_dataset_dirs": json.dumps(_dataset_dirs(trainer, reg=False)),
+                "ss_reg_dataset_dirs": json.dumps(_dataset_dirs(trainer, reg=True)),
+            }
+        _DATASET_METADATA[trainer] = {**meta, "ss_num_reg_images": str(reg_image_count(config))}
+    return _DATASET_METADATA[trainer]
 
 
 def _datasets_metadata(trainer: Trainer) -> dict[str, str]:
@@ -193,7 +206,7 @@ def _datasets_metadata(trainer: Trainer) -> dict[str, str]:
         settings = {**{k: getattr(config, k) for k in ("resolution", "train_batch_size", "enable_bucket",
                                                         "min_bucket_reso", "max_bucket_reso")},
                     **dataset.settings}  # fmt: skip
-        width, height = _resolution_pair(settings["resolution"])
+        width, height = parse_resolution(settings["resolution"])
         frequency = _tag_frequency(items, config)
         subsets = [_subset_metadata(subset, items, config) for subset in dataset.subsets]
         datasets.append(
@@ -225,12 +238,6 @@ def _datasets_metadata(trainer: Trainer) -> dict[str, str]:
         "ss_tag_frequency": json.dumps(tags),
         "ss_dataset_dirs": json.dumps(dirs),
     }
-
-
-def _resolution_pair(resolution: str) -> tuple[int, int]:
-    from lib_sdtrain.prepare.buckets import parse_resolution
-
-    return parse_resolution(resolution)
 
 
 def _subset_metadata(subset, items: list[TrainItem], config: TrainConfig) -> dict[str, Any]:
@@ -286,7 +293,6 @@ def lora_metadata(trainer: Trainer, finished: bool) -> dict[str, str]:
         "ss_unet_lr": str(config.unet_learning_rate),
         "ss_text_encoder_lr": str(config.text_encoder_learning_rate),
         "ss_num_train_images": str(sum(not item.is_reg for item in trainer.items)),  # with repeats, as kohya
-        "ss_num_reg_images": str(reg_image_count(config)),
         "ss_num_batches_per_epoch": str(trainer.batches_per_epoch),
         "ss_num_epochs": str(trainer.num_epochs),
         "ss_max_train_steps": str(trainer.total_steps),
@@ -344,10 +350,6 @@ def lora_metadata(trainer: Trainer, finished: bool) -> dict[str, str]:
         "ss_min_bucket_reso": str(config.min_bucket_reso),
         "ss_max_bucket_reso": str(config.max_bucket_reso),
         "ss_keep_tokens": str(config.keep_tokens),
-        "ss_bucket_info": json.dumps(_bucket_info(trainer.items, mean_img_ar_error(trainer))),
-        "ss_tag_frequency": json.dumps(_tag_frequency(trainer.items, config)),
-        "ss_dataset_dirs": json.dumps(_dataset_dirs(trainer, reg=False)),
-        "ss_reg_dataset_dirs": json.dumps(_dataset_dirs(trainer, reg=True)),
         **vae_metadata(config.vae),
         **base_model_metadata(model),
         "ss_steps": str(trainer.position.step),
@@ -355,7 +357,7 @@ def lora_metadata(trainer: Trainer, finished: bool) -> dict[str, str]:
     }
     if config.dataset_config:
         meta = {k: v for k, v in meta.items() if k not in FLAT_DATASET_KEYS}
-        meta.update(_datasets_metadata(trainer))
+    meta.update(_dataset_metadata(trainer))
     if finished:
         meta["ss_training_finished_at"] = str(time.time())
     comment = trainer.stop_note or _value(config, "training_comment")
