@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 from lib_sdtrain import __version__
 from lib_sdtrain.errors import Cancelled, SDTrainError
+from lib_sdtrain.utils.path_kinds import check_kinds_declared
 
 # "module:function" pairs, in the order the pipeline runs.
 COMMANDS: list[str] = [
@@ -41,6 +42,8 @@ def build_parser(parser_class: type[argparse.ArgumentParser] = argparse.Argument
     for entry in COMMANDS:
         module_name, func_name = entry.split(":")
         getattr(importlib.import_module(module_name), func_name)(subparsers)
+    for command, subparser in subparsers.choices.items():
+        check_kinds_declared(subparser, command)  # every text option says whether it is a path
     return parser
 
 

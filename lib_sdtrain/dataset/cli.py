@@ -7,6 +7,7 @@ from typing import Any
 
 from lib_sdtrain.errors import ConfigError
 from lib_sdtrain.utils.arguments import float_between, int_at_least
+from lib_sdtrain.utils.path_kinds import PathKind, add_argument
 from lib_sdtrain.utils.progress import Progress
 
 PROBABILITY = float_between(0.0, 1.0)
@@ -24,16 +25,29 @@ def _register_tag(subparsers: argparse._SubParsersAction) -> None:
         description="Write <image>.txt with WD14 tags (kohya's tag_images_by_wd14_tagger.py options). "
         "Existing tag files are kept unless --overwrite or --append_tags.",
     )
-    p.add_argument("train_data_dir", help="folder of images")
-    p.add_argument("--model_dir", help="folder with model.onnx and selected_tags.csv (or a cache folder for --repo_id)")
-    p.add_argument("--repo_id", default="SmilingWolf/wd-v1-4-convnext-tagger-v2", help="hub id of the tagger")
+    add_argument(p, "train_data_dir", kind=PathKind.READ_FOLDER, help="folder of images")
+    add_argument(
+        p,
+        "--model_dir",
+        kind=PathKind.WRITE_FOLDER,
+        help="folder with model.onnx and selected_tags.csv (or a cache folder for --repo_id)",
+    )
+    add_argument(
+        p,
+        "--repo_id",
+        kind=PathKind.MODEL,
+        default="SmilingWolf/wd-v1-4-convnext-tagger-v2",
+        help="hub id of the tagger",
+    )
     p.add_argument("--thresh", type=PROBABILITY, default=0.35, help="threshold for tags (0.35)")
     p.add_argument("--general_threshold", type=PROBABILITY, help="threshold for general tags (default: --thresh)")
     p.add_argument("--character_threshold", type=PROBABILITY, help="threshold for character tags (default: --thresh)")
     p.add_argument("--remove_underscore", action="store_true", help="'long_hair' -> 'long hair' (tags over 3 chars)")
-    p.add_argument("--undesired_tags", default="", help="comma-separated tags never to write")
-    p.add_argument("--caption_extension", default=".txt", help="extension of the tag files (.txt)")
-    p.add_argument("--caption_separator", default=", ", help="separator between tags (', ')")
+    add_argument(p, "--undesired_tags", kind=PathKind.TEXT, default="", help="comma-separated tags never to write")
+    add_argument(
+        p, "--caption_extension", kind=PathKind.SUFFIX, default=".txt", help="extension of the tag files (.txt)"
+    )
+    add_argument(p, "--caption_separator", kind=PathKind.TEXT, default=", ", help="separator between tags (', ')")
     p.add_argument("--append_tags", action="store_true", help="add new tags to existing tag files")
     p.add_argument("--overwrite", action="store_true", help="replace existing tag files")
     p.add_argument("--use_rating_tags", action="store_true", help="put the most likely rating tag first")
@@ -93,19 +107,29 @@ def _register_caption(subparsers: argparse._SubParsersAction) -> None:
         description="Write <image>.caption with BLIP (kohya's make_captions.py options). "
         "Existing caption files are kept unless --overwrite.",
     )
-    p.add_argument("train_data_dir", help="folder of images")
-    p.add_argument(
+    add_argument(p, "train_data_dir", kind=PathKind.READ_FOLDER, help="folder of images")
+    add_argument(
+        p,
         "--caption_weights",
+        kind=PathKind.MODEL,
         default="Salesforce/blip-image-captioning-large",
         help="BLIP model: a transformers folder, a hub id, or Salesforce's original model_large_caption.pth "
         "(default Salesforce/blip-image-captioning-large)",
     )
-    p.add_argument(
+    add_argument(
+        p,
         "--blip_processor",
+        kind=PathKind.MODEL,
         default="Salesforce/blip-image-captioning-large",
         help="with a .pth: where the image settings and tokenizer come from (a transformers BLIP folder or hub id)",
     )
-    p.add_argument("--caption_extension", default=".caption", help="extension of the caption files (.caption)")
+    add_argument(
+        p,
+        "--caption_extension",
+        kind=PathKind.SUFFIX,
+        default=".caption",
+        help="extension of the caption files (.caption)",
+    )
     p.add_argument("--batch_size", type=int_at_least(1), default=1)
     p.add_argument("--beam_search", action="store_true", help="beam search (default: nucleus sampling, top_p 0.9)")
     p.add_argument("--num_beams", type=int_at_least(1), default=1)

@@ -6,6 +6,8 @@ import argparse
 import shlex
 from pathlib import Path
 
+from lib_sdtrain.utils.path_kinds import PathKind, add_argument
+
 
 def register_cli(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -15,7 +17,13 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
         "folders, so that caption -> tag -> prepare -> train runs in minutes without downloading anything. "
         "The models draw noise, not pictures: they are for trying the workflow only.",
     )
-    parser.add_argument("--home", type=Path, help="SD-Train's home folder (default: $SDTRAIN_HOME or ./sd-train)")
+    add_argument(
+        parser,
+        "--home",
+        kind=PathKind.WRITE_FOLDER,
+        type=Path,
+        help="SD-Train's home folder (default: $SDTRAIN_HOME or ./sd-train)",
+    )
     parser.add_argument("--force", action="store_true", help="make everything again, replacing what is there")
     parser.set_defaults(handler=run_demo)
 

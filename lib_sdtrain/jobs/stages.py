@@ -15,29 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lib_sdtrain.errors import ConfigError
+from lib_sdtrain.errors import ConfigError, InputError
 from lib_sdtrain.host.types import LOADED_CHECKPOINT
+from lib_sdtrain.jobs import access
+from lib_sdtrain.utils.path_kinds import MAX_TEXT_LENGTH, argument_kinds, is_hub_id
 from lib_sdtrain.utils.progress import Progress
 
 Work = Callable[[Progress], dict[str, Any]]
-
-
-# Options naming files or folders. Where a hub id is also allowed, only values that look like paths are checked.
-PATH_OPTIONS = frozenset(
-    {"train_data_dir", "out_json", "in_json", "metadata", "model_dir", "output_dir", "sample_prompts", "resume",
-     "network_weights", "logging_dir", "config_file", "dataset_config", "reg_data_dir"}
-)  # fmt: skip
-PATH_OR_HUB_OPTIONS = frozenset(
-    {"model", "caption_weights", "blip_processor", "tokenizer", "pretrained_model_name_or_path"}
-)
-
-
-class InputError(ConfigError):
-    """A bad option, with the name of the field at fault so a form can show the message next to it."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(message)
-        self.field = field
 
 
 @dataclass(frozen=True)
@@ -77,16 +61,19 @@ def cli_options(command: str) -> dict[str, argparse.Action]:
 
 
 def parse_cli_options(command: str, options: dict[str, Any]) -> argparse.Namespace:
-    """Options as `sdtrain <command>` would take them, parsed by its own parser (types, choices, defaults)."""
+    """Options as `sdtrain <command>` would take them, parsed by its own parser (types, choices, defaults).
+    Values are passed as `--name=value` and positionals after `--`, so a value that starts with a dash is a value,
+    never an option of the parser (`--help` would print to the server's console)."""
     actions = cli_options(command)
-    argv: list[str] = []
-    for name in [n for n, a in actions.items() if not a.option_strings]:  # positionals, in order
+    positionals: list[str] = []
+    for name in [n for n, a in actions.items() if not a.option_strings]:  # in order
         value = options.get(name)
         if value in (None, ""):
             if actions[name].nargs == "?":
                 break  # an optional positional: it and the ones after it take their defaults
             raise InputError(name, f"{name} is required.")
-        argv.append(str(value))
+        positionals.append(_text(name, value))
+    argv: list[str] = []
     for name, value in options.items():
         action = actions.get(name)
         if action is None:
@@ -99,45 +86,27 @@ def parse_cli_options(command: str, options: dict[str, Any]) -> argparse.Namespa
         if isinstance(action, argparse._StoreTrueAction):
             argv += [action.option_strings[0]] if _truthy(value) else []
         else:
-            argv += [action.option_strings[0], str(value)]
+            argv.append(f"{action.option_strings[0]}={_text(name, value)}")
     try:
-        return _subparser(command).parse_args(argv)
+        return _subparser(command).parse_args([*argv, "--", *positionals])
     except ConfigError as e:
-        raise InputError(_field_in(str(e), actions), f"{command}: {e}") from None
+        raise InputError(access.field_in(str(e), actions), f"{command}: {e}") from None
+
+
+def _text(name: str, value: Any) -> str:
+    if isinstance(value, list | tuple | dict):
+        raise InputError(name, f"{name}: expected one value (text or a number), not a list.")
+    text = str(value)
+    if len(text) > MAX_TEXT_LENGTH:
+        raise InputError(name, f"{name} is {len(text)} characters long; at most {MAX_TEXT_LENGTH} are allowed.")
+    return text
 
 
 def _truthy(value: Any) -> bool:
     return value.strip().lower() in ("1", "true", "yes", "on") if isinstance(value, str) else bool(value)
 
 
-def _field_in(message: str, names: Any) -> str:
-    """The option a message is about (the longest name it mentions), for the form to show it there."""
-    return max((name for name in names if name in message), key=len, default="")
-
-
 # --- checks shared by every stage ------------------------------------------------------------------------------------
-
-
-def check_paths(values: dict[str, Any]) -> None:
-    """Every file or folder option must be one SD-Train may use (host.check_path_allowed: anything locally, only
-    SD-Train's folders when the server listens on the network)."""
-    from lib_sdtrain import host
-
-    for name, value in values.items():
-        if value in (None, "") or value == LOADED_CHECKPOINT:
-            continue
-        if name in PATH_OPTIONS or (name in PATH_OR_HUB_OPTIONS and _looks_like_path(str(value))):
-            try:
-                host.current().check_path_allowed(str(value), name)
-            except ConfigError:
-                raise
-            except Exception as e:  # SDTrainError with the host's explanation
-                raise InputError(name, str(e)) from None
-
-
-def _looks_like_path(value: str) -> bool:
-    path = Path(value).expanduser()
-    return path.exists() or path.is_absolute() or value.startswith((".", "~")) or bool(path.suffix)
 
 
 def check_image_folder(name: str, folder: Any, recursive: bool = False) -> Path:
@@ -157,7 +126,7 @@ def check_model_source(name: str, source: Any) -> None:
     if not source:
         raise InputError(name, "Choose a base model.")
     value = str(source)
-    if value == LOADED_CHECKPOINT or not _looks_like_path(value):
+    if value == LOADED_CHECKPOINT or is_hub_id(value):
         return  # the loaded checkpoint, or a hub id (the loader says if it cannot be had)
     if not Path(value).expanduser().exists():
         raise InputError(name, f"The model {value} does not exist.")
@@ -169,9 +138,7 @@ def check_model_source(name: str, source: Any) -> None:
 def _cli_stage(command: str) -> Callable[[dict[str, Any]], Work]:
     def check(options: dict[str, Any]) -> Work:
         args = parse_cli_options(command, options)
-        check_paths(vars(args))
-        if hasattr(args, "train_data_dir"):
-            check_image_folder("train_data_dir", args.train_data_dir, getattr(args, "recursive", False))
+        check_cli_paths(command, args)
         if command == "buckets":
             check_model_source("model", args.model)
         return lambda progress: args.handler(args, progress)
@@ -179,9 +146,19 @@ def _cli_stage(command: str) -> Callable[[dict[str, Any]], Work]:
     return check
 
 
+def check_cli_paths(command: str, args: argparse.Namespace) -> None:
+    """Every path option of the command, then the images it will open, through the one access check."""
+    access.check_values(vars(args), argument_kinds(_subparser(command)))
+    if hasattr(args, "train_data_dir"):
+        recursive = getattr(args, "recursive", False)
+        folder = check_image_folder("train_data_dir", args.train_data_dir, recursive)
+        access.check_image_folder_files("train_data_dir", folder, recursive)
+
+
 def _check_prepare(options: dict[str, Any]) -> Work:
     """merge (captions + tags -> meta_clean.json) then buckets (-> meta_lat.json + latents), in one job."""
     options = dict(options)
+    access.check_values(options, {**argument_kinds(_subparser("merge")), **argument_kinds(_subparser("buckets"))})
     folder = check_image_folder("train_data_dir", options.get("train_data_dir"), bool(options.get("recursive")))
     clean = options.pop("out_json", None) or str(folder / "meta_clean.json")
     latents = options.pop("latents_json", None) or str(folder / "meta_lat.json")
@@ -191,14 +168,15 @@ def _check_prepare(options: dict[str, Any]) -> Work:
     bucket_options = {k: v for k, v in options.items() if k not in ("clean_caption", "tag_extension", "debug")}
     bucket_options.update(in_json=clean, out_json=latents)
     merge_args = parse_cli_options("merge", merge_options)
-    check_paths(vars(merge_args))
+    check_cli_paths("merge", merge_args)
     check_model_source("model", options.get("model"))
-    check_paths({"model": options.get("model")})
+    bucket_args = parse_cli_options("buckets", bucket_options)
+    check_cli_paths("buckets", bucket_args)
 
     def work(progress: Progress) -> dict[str, Any]:
         merged = merge_args.handler(merge_args, progress)
         progress.check_cancelled()
-        bucket_args = parse_cli_options("buckets", {**bucket_options, "model": _vae_source(options["model"])})
+        bucket_args.model = _vae_source(bucket_args.model)
         return {"merge": merged, **bucket_args.handler(bucket_args, progress)}
 
     return work
@@ -217,23 +195,13 @@ def _vae_source(model: str) -> Any:
 
 
 def _check_train(options: dict[str, Any]) -> Work:
-    from lib_sdtrain.train.config import load_config
+    from lib_sdtrain import host
 
     options = {k: v for k, v in options.items() if v is not None and v != ""}
     config_file = options.pop("config_file", None)
-    if not config_file:  # kohya's default "output" would land in the server's working folder
-        from lib_sdtrain import host
-
-        options.setdefault("output_dir", str(host.current().output_dir()))
-    check_paths({"config_file": config_file, **options})
-    try:
-        config = load_config(config_file, options)
-    except ConfigError as e:
-        raise InputError(_field_in(str(e), options), str(e)) from None
+    config = access.load_train_config(config_file, options, str(host.current().output_dir()))
     check_model_source("pretrained_model_name_or_path", config.pretrained_model_name_or_path)
     if config.pretrained_model_name_or_path == LOADED_CHECKPOINT:  # none loaded, --medvram, SDXL: say so now
-        from lib_sdtrain import host
-
         problem = host.current().loaded_model_problem()
         if problem:
             raise InputError("pretrained_model_name_or_path", problem)
@@ -246,12 +214,19 @@ def _check_train(options: dict[str, Any]) -> Work:
         raise InputError("in_json", f"The metadata file {config.in_json} does not exist; run Prepare first.")
     if config.resume and not Path(config.resume).is_dir():
         raise InputError("resume", f"The state folder {config.resume} does not exist.")
-    from lib_sdtrain.utils.files import check_safe_name
-
     try:
-        check_safe_name(config.output_name, "output name")
-    except ValueError as e:
-        raise InputError("output_name", str(e)) from None
+        access.check_train_config(config)
+    except InputError:
+        raise
+    except ConfigError as e:  # the dataset itself (its metadata, its images) cannot be read
+        raise InputError(access.field_in(str(e), options), str(e)) from None
+    if config.sample_prompts:  # read now: a bad prompt file fails the form, not the run after the model loaded
+        from lib_sdtrain.train.sampling import check_samplers, read_prompt_file
+
+        try:
+            check_samplers(read_prompt_file(config.sample_prompts), config.sample_sampler)
+        except ConfigError as e:
+            raise InputError("sample_prompts", str(e)) from None
 
     def work(progress: Progress) -> dict[str, Any]:
         from lib_sdtrain.train.run import run_training

@@ -6,6 +6,8 @@ import argparse
 import time
 from pathlib import Path
 
+from lib_sdtrain.utils.path_kinds import PathKind, add_argument
+
 DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 
 
@@ -25,15 +27,19 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
         description="Convert a diffusers folder, hub id or .ckpt into a single-file ldm-layout .safetensors.",
     )
     _add_model_arguments(convert)
-    convert.add_argument("output", type=Path, help="the .safetensors file to write")
+    add_argument(convert, "output", kind=PathKind.WRITE_FILE, type=Path, help="the .safetensors file to write")
     convert.add_argument("--save_precision", choices=sorted(DTYPES), default="fp16", help="weight precision (fp16)")
     convert.set_defaults(handler=run_convert)
 
 
 def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", help="a .safetensors/.ckpt file, a diffusers model folder, or a hub id")
-    parser.add_argument(
+    add_argument(
+        parser, "model", kind=PathKind.MODEL, help="a .safetensors/.ckpt file, a diffusers model folder, or a hub id"
+    )
+    add_argument(
+        parser,
         "--tokenizer",
+        kind=PathKind.MODEL,
         help="CLIP tokenizer folder or hub id (single files carry none; default: the local Hugging Face cache)",
     )
     parser.add_argument("--v_parameterization", action="store_true", help="the model predicts v (SD2 768-v models)")

@@ -9,6 +9,7 @@ from typing import Any
 
 from lib_sdtrain.dataset.images import MAX_IMAGE_PIXELS
 from lib_sdtrain.utils.arguments import int_at_least
+from lib_sdtrain.utils.path_kinds import PathKind, add_argument
 from lib_sdtrain.utils.progress import Progress
 
 
@@ -19,14 +20,30 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
         description="Collect <image>.caption (caption) and <image>.txt (tags) files into kohya's metadata JSON, "
         "merging into an existing file. Like merge_all_to_metadata.py.",
     )
-    merge.add_argument("train_data_dir", type=Path, help="folder with the images and their caption/tag files")
-    merge.add_argument("out_json", type=Path, help="metadata file to write, e.g. meta_clean.json")
-    merge.add_argument("--in_json", type=Path, help="metadata to merge into (default: out_json when it exists)")
+    add_argument(
+        merge,
+        "train_data_dir",
+        kind=PathKind.READ_FOLDER,
+        type=Path,
+        help="folder with the images and their caption/tag files",
+    )
+    add_argument(
+        merge, "out_json", kind=PathKind.WRITE_FILE, type=Path, help="metadata file to write, e.g. meta_clean.json"
+    )
+    add_argument(
+        merge,
+        "--in_json",
+        kind=PathKind.READ_FILE,
+        type=Path,
+        help="metadata to merge into (default: out_json when it exists)",
+    )
     merge.add_argument("--full_path", action="store_true", help="key images by path, not by file name")
     merge.add_argument("--recursive", action="store_true", help="also look in sub-folders (needs --full_path)")
     merge.add_argument("--clean_caption", action="store_true", help="apply kohya's caption and tag cleaning rules")
-    merge.add_argument("--caption_extension", default=".caption", help="caption file extension (.caption)")
-    merge.add_argument("--tag_extension", default=".txt", help="tag file extension (.txt)")
+    add_argument(
+        merge, "--caption_extension", kind=PathKind.SUFFIX, default=".caption", help="caption file extension (.caption)"
+    )
+    add_argument(merge, "--tag_extension", kind=PathKind.SUFFIX, default=".txt", help="tag file extension (.txt)")
     merge.add_argument("--caption_extention", dest="caption_extension", help=argparse.SUPPRESS)  # kohya's old spelling
     merge.add_argument("--debug", action="store_true", help="print every entry")
     merge.set_defaults(handler=run_merge)
@@ -38,10 +55,15 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
         "<image>.npz latents and meta_lat.json with train_resolution, as prepare_buckets_latents.py does. "
         "Ends with the dataset report.",
     )
-    buckets.add_argument("train_data_dir", type=Path, help="folder with the images")
-    buckets.add_argument("in_json", type=Path, help="metadata to read, e.g. meta_clean.json")
-    buckets.add_argument("out_json", type=Path, help="metadata to write, e.g. meta_lat.json")
-    buckets.add_argument("model", help="model with the VAE: .safetensors/.ckpt, diffusers folder, VAE file or hub id")
+    add_argument(buckets, "train_data_dir", kind=PathKind.READ_FOLDER, type=Path, help="folder with the images")
+    add_argument(buckets, "in_json", kind=PathKind.READ_FILE, type=Path, help="metadata to read, e.g. meta_clean.json")
+    add_argument(buckets, "out_json", kind=PathKind.WRITE_FILE, type=Path, help="metadata to write, e.g. meta_lat.json")
+    add_argument(
+        buckets,
+        "model",
+        kind=PathKind.MODEL,
+        help="model with the VAE: .safetensors/.ckpt, diffusers folder, VAE file or hub id",
+    )
     _add_bucket_arguments(buckets)
     buckets.add_argument("--batch_size", type=int_at_least(1), default=1, help="images per VAE call (1)")
     buckets.add_argument(
@@ -68,19 +90,37 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
         "and the bucket chart as .sdtrain/<metadata>.buckets.png there (without metadata: dataset.* in the image "
         "folder) and print the summary.",
     )
-    report.add_argument("train_data_dir", type=Path, help="folder with the images")
-    report.add_argument(
-        "metadata", type=Path, nargs="?", help="metadata JSON to take texts from (default: the caption/tag files)"
+    add_argument(report, "train_data_dir", kind=PathKind.READ_FOLDER, type=Path, help="folder with the images")
+    add_argument(
+        report,
+        "metadata",
+        kind=PathKind.READ_FILE,
+        type=Path,
+        nargs="?",
+        help="metadata JSON to take texts from (default: the caption/tag files)",
     )
     _add_bucket_arguments(report)
-    report.add_argument("--caption_extension", default=".caption", help="caption file extension (.caption)")
-    report.add_argument("--tag_extension", default=".txt", help="tag file extension (.txt)")
-    report.add_argument("--model", help="count tokens with this model folder's tokenizer")
+    add_argument(
+        report,
+        "--caption_extension",
+        kind=PathKind.SUFFIX,
+        default=".caption",
+        help="caption file extension (.caption)",
+    )
+    add_argument(report, "--tag_extension", kind=PathKind.SUFFIX, default=".txt", help="tag file extension (.txt)")
+    add_argument(report, "--model", kind=PathKind.MODEL, help="count tokens with this model folder's tokenizer")
     report.set_defaults(handler=run_report)
 
 
 def _add_bucket_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--max_resolution", default="512,512", metavar="W,H", help="largest training area (512,512)")
+    add_argument(
+        parser,
+        "--max_resolution",
+        kind=PathKind.TEXT,
+        default="512,512",
+        metavar="W,H",
+        help="largest training area (512,512)",
+    )
     parser.add_argument("--min_bucket_reso", type=int_at_least(1), default=256, help="smallest bucket side (256)")
     parser.add_argument("--max_bucket_reso", type=int_at_least(1), default=1024, help="largest bucket side (1024)")
     parser.add_argument(
@@ -98,7 +138,9 @@ def _add_bucket_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="threads that open images ahead (0)",
     )
-    parser.add_argument("--tokenizer", help="CLIP tokenizer folder for exact token counts in the report")
+    add_argument(
+        parser, "--tokenizer", kind=PathKind.MODEL, help="CLIP tokenizer folder for exact token counts in the report"
+    )
     parser.add_argument(
         "--max_image_pixels",
         type=int_at_least(1),

@@ -11,6 +11,7 @@ from typing import Any
 from lib_sdtrain.errors import ConfigError
 from lib_sdtrain.train.config import IGNORED_KEYS
 from lib_sdtrain.train.options import CATEGORIES, Option, coerce_value, display_value, options_in
+from lib_sdtrain.utils.path_kinds import PathKind, add_argument
 
 
 class _HelpFormatter(argparse.HelpFormatter):
@@ -30,7 +31,9 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
         "The option groups below are the config's TOML tables.",
         formatter_class=_HelpFormatter,
     )
-    parser.add_argument("--config_file", help="TOML file with kohya's keys (tables are flattened)")
+    add_argument(
+        parser, "--config_file", kind=PathKind.READ_FILE, help="TOML file with kohya's keys (tables are flattened)"
+    )
     for category, (title, table) in CATEGORIES.items():
         group = parser.add_argument_group(f"{title} [{table}]")
         for option in options_in(category):
@@ -41,7 +44,7 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
         + ", ".join(f"--{key}" for key in sorted(IGNORED_KEYS)),
     )
     for key in sorted(IGNORED_KEYS):
-        unused.add_argument(f"--{key}", nargs="*", default=None, help=argparse.SUPPRESS)
+        add_argument(unused, f"--{key}", kind=PathKind.TEXT, nargs="*", default=None, help=argparse.SUPPRESS)
     parser.set_defaults(handler=run_train)
 
 
@@ -56,7 +59,7 @@ def _add_option(group: argparse._ArgumentGroup, option: Option) -> None:
         kwargs["metavar"] = "{" + ",".join(str(c) for c in option.choices) + "}"
     else:
         kwargs["metavar"] = option.type.__name__.upper()
-    group.add_argument(f"--{option.name}", **kwargs)
+    add_argument(group, f"--{option.name}", kind=option.kind or PathKind.TEXT, **kwargs)
 
 
 def _help_text(option: Option) -> str:

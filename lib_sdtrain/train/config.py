@@ -18,7 +18,8 @@ from typing import Any
 
 import tomllib
 
-from lib_sdtrain.errors import ConfigError
+from lib_sdtrain.errors import ConfigError, shorten
+from lib_sdtrain.utils.path_kinds import PathKind
 
 # Keys outside the schema that training reads all the same (config.ignored): never reported as unused.
 HONOURED_OUTSIDE_SCHEMA = frozenset({"no_half_vae"})
@@ -104,11 +105,25 @@ KOHYA_DEFAULTS: dict[str, str] = {
 
 
 def opt(
-    default: Any, help: str, category: str, choices: tuple | None = None, common: bool = False
+    default: Any,
+    help: str,
+    category: str,
+    choices: tuple | None = None,
+    common: bool = False,
+    kind: PathKind | None = None,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    below: float | None = None,
 ) -> Any:  # returns a dataclasses.Field; typed Any so the field annotations stay the value types
     """A TrainConfig field carrying its user-facing description; lib_sdtrain.train.options turns these into the
-    schema that drives the CLI help, TOML validation and writing, presets and the UI's form."""
-    metadata = {"help": help, "category": category, "choices": choices, "common": common}
+    schema that drives the CLI help, TOML validation and writing, presets and the UI's form.
+
+    `kind` says what a text or list option holds (a path to check, a name, plain text); options with `choices` are
+    plain text. `minimum`/`maximum` bound a number (inclusive), `below` from above (exclusive)."""
+    metadata = {
+        "help": help, "category": category, "choices": choices, "common": common, "kind": kind,
+        "range": (minimum, maximum, below),
+    }  # fmt: skip
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -123,12 +138,14 @@ class TrainConfig:
         "Face hub id. Required.",
         "model",
         common=True,
+        kind=PathKind.MODEL,
     )
     tokenizer: str | None = opt(
         None,
         "Folder or hub id of the CLIP tokenizer, for single-file checkpoints that carry none. Empty: the WebUI's, "
         "a tokenizer/ folder beside the model, or the local Hugging Face cache.",
         "model",
+        kind=PathKind.MODEL,
     )
     vae: str | None = opt(
         None,
@@ -136,6 +153,7 @@ class TrainConfig:
         "samples: a .safetensors / .ckpt VAE file, a checkpoint, or a diffusers (VAE) folder. A fine-tune saves "
         "it into the model. Empty: the checkpoint's VAE.",
         "model",
+        kind=PathKind.MODEL,
     )
     v_parameterization: bool = opt(
         False,
@@ -148,6 +166,7 @@ class TrainConfig:
         "Take the text encoder's n-th layer from the end, like the WebUI's 'Clip skip': 1 = the last layer "
         "(SD 1.5 and photo models), 2 = the second to last (most anime models).",
         "model",
+        minimum=1,
     )
     # --- dataset
     train_data_dir: str = opt(
@@ -156,12 +175,14 @@ class TrainConfig:
         "in_json lists. Required.",
         "dataset",
         common=True,
+        kind=PathKind.READ_FOLDER,
     )
     in_json: str | None = opt(
         None,
         "Metadata file written by `sdtrain merge` or `sdtrain buckets` (meta_clean.json, or meta_lat.json with "
         "cached latents). Empty: read N_name folders and caption files instead.",
         "dataset",
+        kind=PathKind.READ_FILE,
     )
     dataset_config: str | None = opt(
         None,
@@ -169,6 +190,7 @@ class TrainConfig:
         "class_tokens, is_reg, metadata_file, ...). When set it replaces train_data_dir, in_json and reg_data_dir, "
         "and its resolution, batch_size and bucket settings win, as in kohya.",
         "dataset",
+        kind=PathKind.READ_FILE,
     )
     reg_data_dir: str | None = opt(
         None,
@@ -176,6 +198,7 @@ class TrainConfig:
         "the caption of images without a caption file). Each epoch uses as many of them as there are training "
         "images (with repeats), as kohya does. Empty: none.",
         "dataset",
+        kind=PathKind.READ_FOLDER,
     )
     dataset_repeats: int = opt(
         1,
@@ -183,11 +206,13 @@ class TrainConfig:
         "sets it). 1 or more.",
         "dataset",
         common=True,
+        minimum=1,
     )
     caption_extension: str = opt(
         ".caption",
         "Extension of the caption file beside each image in folder mode, e.g. .caption or .txt.",
         "dataset",
+        kind=PathKind.SUFFIX,
     )
     resolution: str = opt(
         "512,512",
@@ -195,18 +220,22 @@ class TrainConfig:
         "SD 2.x 768 models. Images are bucketed to about this area.",
         "dataset",
         common=True,
+        kind=PathKind.TEXT,
     )
     min_bucket_reso: int = opt(
-        256, "Smallest side of an aspect-ratio bucket, in pixels (kohya's min_bucket_reso).", "dataset"
+        256, "Smallest side of an aspect-ratio bucket, in pixels (kohya's min_bucket_reso).", "dataset",
+        minimum=8,
     )
     max_bucket_reso: int = opt(
-        1024, "Largest side of an aspect-ratio bucket, in pixels (kohya's max_bucket_reso).", "dataset"
+        1024, "Largest side of an aspect-ratio bucket, in pixels (kohya's max_bucket_reso).", "dataset",
+        minimum=8,
     )
     bucket_reso_steps: int = opt(
         64,
         "Bucket sides are multiples of this many pixels (kohya's bucket_reso_steps); 64 suits every SD model, "
         "it must be a multiple of 8.",
         "dataset",
+        minimum=8,
     )
     enable_bucket: bool = opt(
         True,
@@ -233,12 +262,14 @@ class TrainConfig:
         "How many leading comma-separated tags stay first, never shuffled or dropped: 1 keeps the trigger word "
         "in front. 0: none.",
         "dataset",
+        minimum=0,
     )
     caption_dropout_rate: float = opt(
         0.0,
         "Fraction of images (0 to 1) trained with an empty caption, so the concept also shows without its "
         "prompt. 0: never.",
         "dataset",
+        minimum=0, maximum=1,
     )
     max_token_length: int = opt(
         75,
@@ -267,16 +298,19 @@ class TrainConfig:
         "dataset",
     )
     caption_prefix: str | None = opt(
-        None, "Text put before every caption, with a space (kohya's caption_prefix). Empty: none.", "dataset"
+        None, "Text put before every caption, with a space (kohya's caption_prefix). Empty: none.", "dataset",
+        kind=PathKind.TEXT,
     )
     caption_suffix: str | None = opt(
-        None, "Text put after every caption, with a space (kohya's caption_suffix). Empty: none.", "dataset"
+        None, "Text put after every caption, with a space (kohya's caption_suffix). Empty: none.", "dataset",
+        kind=PathKind.TEXT,
     )
     caption_separator: str = opt(
         ",",
         "What separates the tags of a caption for shuffle_caption, keep_tokens, tag dropout and token warmup "
         "(kohya's caption_separator); the processed tags are joined with ', '.",
         "dataset",
+        kind=PathKind.TEXT,
     )
     keep_tokens_separator: str = opt(
         "",
@@ -285,12 +319,14 @@ class TrainConfig:
         "Used, and removed, only with shuffle_caption, caption_tag_dropout_rate or token_warmup_step, as in kohya. "
         "Empty: none.",
         "dataset",
+        kind=PathKind.TEXT,
     )
     secondary_separator: str | None = opt(
         None,
         "A second tag separator, e.g. ;;; in 'red hair;;;long hair': such tags are shuffled and dropped together "
         "and the separator becomes caption_separator afterwards (kohya's secondary_separator). Empty: none.",
         "dataset",
+        kind=PathKind.TEXT,
     )
     enable_wildcard: bool = opt(
         False,
@@ -303,22 +339,26 @@ class TrainConfig:
         "Chance (0 to 1) that each tag after keep_tokens is left out at a step (kohya's caption_tag_dropout_rate), "
         "so no single tag carries the concept. 0: never.",
         "dataset",
+        minimum=0, maximum=1,
     )
     caption_dropout_every_n_epochs: int = opt(
         0,
         "Train every n-th epoch with empty captions (kohya's caption_dropout_every_n_epochs). 0: never.",
         "dataset",
+        minimum=0,
     )
     token_warmup_min: int = opt(
         1,
         "Token warmup: how many tags (after the kept ones) captions start with (kohya's token_warmup_min).",
         "dataset",
+        minimum=0,
     )
     token_warmup_step: float = opt(
         0.0,
         "Token warmup: the step by which captions have grown from token_warmup_min tags to all of them; below 1 "
         "it is a fraction of max_train_steps (kohya's token_warmup_step). 0: off, whole captions from the start.",
         "dataset",
+        minimum=0,
     )
     # --- network (None: full fine-tune)
     network_module: str | None = opt(
@@ -335,6 +375,7 @@ class TrainConfig:
         "grows with it (dim 32 is about 37 MB in fp16 for SD 1.5).",
         "network",
         common=True,
+        minimum=1,
     )
     network_alpha: float = opt(
         1.0,
@@ -342,24 +383,28 @@ class TrainConfig:
         "learns more gently; usually dim / 2 or 1. 0: the same as dim.",
         "network",
         common=True,
+        minimum=0,
     )
     network_dropout: float = opt(
         0.0,
         "Dropout on the LoRA's inner neurons while training, 0 to 1 (kohya's network_dropout); 0.1 can curb "
         "overfitting. 0: off.",
         "network",
+        minimum=0, below=1,
     )
     conv_dim: int | None = opt(
         None,
         "Rank of an extra LoRA on the UNet's convolutions (LoCon; kohya's network_args conv_dim), for styles and "
         "textures; 4 to 32. Empty: attention and linear layers only.",
         "network",
+        minimum=0,
     )
     conv_alpha: float | None = opt(
         None,
         "Alpha of the convolution LoRA (kohya's network_args conv_alpha), scaling it by conv_alpha / conv_dim. "
         "Empty: the same as conv_dim.",
         "network",
+        minimum=0,
     )
     network_args: list[str] = opt(  # noqa: RUF009 - opt gives a list a default_factory
         [],
@@ -368,6 +413,7 @@ class TrainConfig:
         "of whole modules while training), and LyCORIS' algo=lora or locon. Other keys (loha, lokr, block "
         "weights) are refused, as SD-Train does not implement them.",
         "network",
+        kind=PathKind.TEXT,
     )
     network_train_unet_only: bool = opt(
         False,
@@ -382,6 +428,7 @@ class TrainConfig:
         "An existing LoRA .safetensors to continue training from; its dim must match network_dim. Empty: start "
         "from scratch.",
         "network",
+        kind=PathKind.READ_FILE,
     )
     dim_from_weights: bool = opt(
         False,
@@ -401,6 +448,7 @@ class TrainConfig:
         "change has a norm above this is scaled down to it, against overtraining; 1 is a good start. The number "
         "of modules scaled and the mean and largest norm show in the progress and the log. Empty: off.",
         "network",
+        minimum=0,
     )
     # --- optimizer and learning rate
     learning_rate: float = opt(
@@ -409,18 +457,21 @@ class TrainConfig:
         "AdamW, 1e-6 to 5e-6 for a full fine-tune, 1.0 with Prodigy.",
         "optimizer",
         common=True,
+        minimum=0,
     )
     unet_lr: float | None = opt(
         None,
         "Learning rate of the UNet (its LoRA, or the whole UNet in a fine-tune). Empty: learning_rate; 0: the "
         "UNet is frozen (not trained), as in kohya.",
         "optimizer",
+        minimum=0,
     )
     text_encoder_lr: float | None = opt(
         None,
         "Learning rate of the text encoder, usually a half to a tenth of unet_lr (e.g. 5e-5). Empty: "
         "learning_rate; 0: the text encoder is frozen (not trained), as in kohya.",
         "optimizer",
+        minimum=0,
     )
     optimizer_type: str = opt(
         "AdamW",
@@ -436,11 +487,13 @@ class TrainConfig:
         '"weight_decay=0.01", "betas=0.9,0.99", "relative_step=False". Adafactor defaults to kohya\'s '
         "relative_step=True (its own step size and schedule; learning rates then only set the first step).",
         "optimizer",
+        kind=PathKind.TEXT,
     )
     max_grad_norm: float = opt(
         1.0,
         "Clip the gradient norm to this value, against loss spikes (kohya's max_grad_norm). 0: no clipping.",
         "optimizer",
+        minimum=0,
     )
     lr_scheduler: str = opt(
         "constant",
@@ -454,30 +507,36 @@ class TrainConfig:
         "Steps over which the learning rate ramps up from 0 at the start, or a fraction of the run below 1 (0.1: "
         "the first tenth), as kohya v0.9. constant and adafactor take none (an error, as in kohya). 0: no warm-up.",
         "optimizer",
+        minimum=0,
     )
     lr_scheduler_num_cycles: int = opt(
         1,
         "Cosine waves of cosine_with_restarts (restarts + 1); also the cycles of cosine_with_min_lr and "
         "warmup_stable_decay's decay, as kohya counts them.",
         "optimizer",
+        minimum=1,
     )
     lr_scheduler_power: float = opt(
-        1.0, "Power of the polynomial schedule's decay: 1 is linear, higher drops faster at first.", "optimizer"
+        1.0, "Power of the polynomial schedule's decay: 1 is linear, higher drops faster at first.", "optimizer",
+        minimum=0,
     )
     lr_scheduler_min_lr_ratio: float | None = opt(
         None,
         "The lowest learning rate as a fraction of the starting one, for cosine_with_min_lr (required there) and "
         "warmup_stable_decay (empty: 0).",
         "optimizer",
+        minimum=0, maximum=1,
     )
     lr_decay_steps: int | float = opt(
         0,
         "warmup_stable_decay: steps of the final decay, or a fraction of the run below 1; the steps between "
         "warm-up and decay keep the full rate.",
         "optimizer",
+        minimum=0,
     )
     lr_scheduler_timescale: int | None = opt(
-        None, "inverse_sqrt: the timescale of the decay. Empty: lr_warmup_steps, as in kohya.", "optimizer"
+        None, "inverse_sqrt: the timescale of the decay. Empty: lr_warmup_steps, as in kohya.", "optimizer",
+        minimum=1,
     )
     # --- training
     max_train_steps: int = opt(
@@ -485,6 +544,7 @@ class TrainConfig:
         "Length of the run in optimizer steps (kohya's max_train_steps); max_train_epochs wins when it is set.",
         "training",
         common=True,
+        minimum=1,
     )
     max_train_epochs: int | None = opt(
         None,
@@ -492,6 +552,7 @@ class TrainConfig:
         "max_train_steps. Empty: use max_train_steps.",
         "training",
         common=True,
+        minimum=1,
     )
     train_batch_size: int = opt(
         1,
@@ -499,12 +560,14 @@ class TrainConfig:
         "8 GB at 512 px).",
         "training",
         common=True,
+        minimum=1,
     )
     gradient_accumulation_steps: int = opt(
         1,
         "Add up the gradients of this many batches before each optimizer step: the effect of a batch this many "
         "times larger without its memory.",
         "training",
+        minimum=1,
     )
     mixed_precision: str = opt(
         "no",
@@ -557,12 +620,14 @@ class TrainConfig:
         1,
         "Images per VAE call when caching latents (kohya's vae_batch_size): higher is faster, needs more memory.",
         "training",
+        minimum=1,
     )
     max_data_loader_n_workers: int = opt(
         8,
         "Threads that load and prepare the next batches while the GPU trains (kohya's max_data_loader_n_workers; "
         "at most the CPU count minus one). 0: load each batch when it is needed.",
         "training",
+        minimum=0,
     )
     dynamo_backend: str = opt(
         "no",
@@ -570,18 +635,21 @@ class TrainConfig:
         "fastest on a GPU after a slow first step; no: off. Falls back to no compilation, with a message, where "
         "the backend fails.",
         "training",
+        kind=PathKind.TEXT,
     )
     noise_offset: float = opt(
         0.0,
         "Offsets the noise per channel (kohya's noise_offset) so the model learns very dark and very bright "
         "images; 0.05 to 0.1 is typical. 0: off.",
         "training",
+        minimum=0,
     )
     min_snr_gamma: float | None = opt(
         None,
         "Min-SNR loss weighting (kohya's min_snr_gamma): evens out the loss over noise levels and converges "
         "faster; 5 is the paper's value. Empty: off.",
         "training",
+        minimum=0,
     )
     noise_offset_random_strength: bool = opt(
         False,
@@ -601,18 +669,21 @@ class TrainConfig:
         "Multi-resolution (pyramid) noise with this many layers (kohya's multires_noise_iterations; 6 to 10 is "
         "usual): adds coarser noise so large areas and overall brightness are learnt. Empty or 0: off.",
         "training",
+        minimum=0,
     )
     multires_noise_discount: float = opt(
         0.3,
         "Weight of each coarser layer of multires noise relative to the one before (kohya's "
         "multires_noise_discount): lower is weaker; used only with multires_noise_iterations.",
         "training",
+        minimum=0, maximum=1,
     )
     ip_noise_gamma: float | None = opt(
         None,
         "Input perturbation (kohya's ip_noise_gamma): the noised latents get this much extra noise that the "
         "target leaves out, a regulariser; about 0.1. Empty: off.",
         "training",
+        minimum=0,
     )
     ip_noise_gamma_random_strength: bool = opt(
         False,
@@ -624,11 +695,13 @@ class TrainConfig:
         None,
         "Train only timesteps (noise levels) from this one on, 0 to 999 (kohya's min_timestep). Empty: 0.",
         "training",
+        minimum=0, maximum=999,
     )
     max_timestep: int | None = opt(
         None,
         "Train only timesteps below this one, 1 to 1000 (kohya's max_timestep; exclusive). Empty: 1000.",
         "training",
+        minimum=1, maximum=1000,
     )
     zero_terminal_snr: bool = opt(
         False,
@@ -655,12 +728,14 @@ class TrainConfig:
         0.1,
         "The threshold of the huber and smooth_l1 losses, or its end value under huber_schedule (kohya's huber_c).",
         "training",
+        minimum=0,
     )
     huber_scale: float = opt(
         1.0,
         "Multiplies huber_c under the constant and exponential huber schedules (sd-scripts' huber_scale; 1 is "
         "v0.9's behaviour).",
         "training",
+        minimum=0,
     )
     debiased_estimation_loss: bool = opt(
         False,
@@ -679,15 +754,18 @@ class TrainConfig:
         "Epsilon models only: add this fraction of the loss weighted as a v-prediction loss (kohya's "
         "v_pred_like_loss; kohya applies it to LoRAs, SD-Train to fine-tunes too). Empty: off.",
         "training",
+        minimum=0,
     )
     prior_loss_weight: float = opt(
         1.0,
         "Weight of the regularisation images' loss (kohya's prior_loss_weight): 1 counts them like training "
         "images, lower lets the subject win over the class.",
         "training",
+        minimum=0,
     )
     seed: int = opt(
-        42, "Random seed for noise, shuffling and dropout: the same seed and settings repeat a run.", "training"
+        42, "Random seed for noise, shuffling and dropout: the same seed and settings repeat a run.", "training",
+        minimum=0, maximum=2**32 - 1,
     )
     train_text_encoder: bool = opt(
         False,
@@ -699,11 +777,13 @@ class TrainConfig:
         None,
         "Folder for TensorBoard logs (loss and learning rates under kohya's names). Empty: no logs.",
         "training",
+        kind=PathKind.WRITE_FOLDER,
     )
     log_prefix: str | None = opt(
         None,
         "Name of each run's TensorBoard folder before its timestamp (kohya's log_prefix). Empty: output_name.",
         "training",
+        kind=PathKind.NAME,
     )
     # --- saving
     output_dir: str = opt(
@@ -711,6 +791,7 @@ class TrainConfig:
         "Folder for the trained file, its intermediate saves, sample images and states.",
         "saving",
         common=True,
+        kind=PathKind.WRITE_FOLDER,
     )
     output_name: str = opt(
         "last",
@@ -718,6 +799,7 @@ class TrainConfig:
         "the WebUI as <lora:output_name:1>.",
         "saving",
         common=True,
+        kind=PathKind.NAME,
     )
     save_precision: str = opt(
         "fp16",
@@ -732,33 +814,40 @@ class TrainConfig:
         "overfitting. Empty: only the final file.",
         "saving",
         common=True,
+        minimum=1,
     )
     save_every_n_steps: int | None = opt(
-        None, "Also save <name>-step00000500.safetensors every n optimizer steps. Empty: off.", "saving"
+        None, "Also save <name>-step00000500.safetensors every n optimizer steps. Empty: off.", "saving",
+        minimum=1,
     )
     save_n_epoch_ratio: int | None = opt(
         None,
         "Save about this many intermediate files over the run, evenly: sets save_every_n_epochs to epochs / n "
         "(at least 1), as kohya. Empty: off.",
         "saving",
+        minimum=1,
     )
     save_last_n_epochs: int | None = opt(
         None,
         "Keep only the newest n epoch saves: an older <name>-0000NN file is deleted when a new one is written, "
         "as kohya. Empty: keep all.",
         "saving",
+        minimum=1,
     )
     save_last_n_epochs_state: int | None = opt(
-        None, "Keep only the newest n epoch states (<name>-0000NN-state). Empty: save_last_n_epochs.", "saving"
+        None, "Keep only the newest n epoch states (<name>-0000NN-state). Empty: save_last_n_epochs.", "saving",
+        minimum=1,
     )
     save_last_n_steps: int | None = opt(
         None,
         "Keep the step saves of only the last n steps: older <name>-stepNNNNNNNN files are deleted, as kohya. "
         "Empty: keep all.",
         "saving",
+        minimum=1,
     )
     save_last_n_steps_state: int | None = opt(
-        None, "Keep the step states of only the last n steps. Empty: save_last_n_steps.", "saving"
+        None, "Keep the step states of only the last n steps. Empty: save_last_n_steps.", "saving",
+        minimum=1,
     )
     save_model_as: str = opt(
         "safetensors",
@@ -774,7 +863,8 @@ class TrainConfig:
         "saving",
     )
     training_comment: str | None = opt(
-        None, "A note stored in the LoRA as ss_training_comment, shown by the WebUI. Empty: none.", "saving"
+        None, "A note stored in the LoRA as ss_training_comment, shown by the WebUI. Empty: none.", "saving",
+        kind=PathKind.TEXT,
     )
     save_state: bool = opt(
         False,
@@ -787,13 +877,16 @@ class TrainConfig:
         "A state folder (e.g. output/<name>-000002-state) to continue an interrupted run from, optimizer and step "
         "included. Empty: start fresh.",
         "saving",
+        kind=PathKind.READ_FOLDER,
     )
     # --- sample images
     sample_every_n_steps: int | None = opt(
-        None, "Generate sample images every n optimizer steps. Empty: off.", "sampling"
+        None, "Generate sample images every n optimizer steps. Empty: off.", "sampling",
+        minimum=1,
     )
     sample_every_n_epochs: int | None = opt(
-        None, "Generate sample images at the end of every n epochs. Empty: off.", "sampling", common=True
+        None, "Generate sample images at the end of every n epochs. Empty: off.", "sampling", common=True,
+        minimum=1,
     )
     sample_prompts: str | None = opt(
         None,
@@ -803,6 +896,7 @@ class TrainConfig:
         "WebUI. Empty: no samples.",
         "sampling",
         common=True,
+        kind=PathKind.READ_FILE,
     )
     sample_sampler: str = opt(
         "ddim",
@@ -821,11 +915,13 @@ class TrainConfig:
         "captions and the WebUI shows it as the LoRA's activation text; training itself does not read it.",
         "sdtrain",
         common=True,
+        kind=PathKind.TEXT,
     )
     preset: str = opt(
         "",
         "The preset this config started from, kept for reference; it does not change training.",
         "sdtrain",
+        kind=PathKind.TEXT,
     )
     ignored: dict[str, Any] = field(default_factory=dict)  # kohya keys accepted but unused (IGNORED_KEYS)
     # the keys the config file or command line set (config_from_dict), to tell a default from a chosen value
@@ -857,6 +953,9 @@ class TrainConfig:
         return args.get("conv_alpha", self.conv_alpha)
 
     def validate(self) -> None:
+        from lib_sdtrain.train.options import check_schema_values
+
+        check_schema_values(self)  # every value's type, choices and range, as the option schema says
         if not self.pretrained_model_name_or_path:
             raise ConfigError("pretrained_model_name_or_path is required: the base model to train from.")
         if not self.train_data_dir and not self.dataset_config:
@@ -866,30 +965,9 @@ class TrainConfig:
                 "reg_data_dir needs the N_name folder layout, not in_json (kohya ignores it with in_json); remove "
                 "one, or describe both in a dataset_config."
             )
-        if self.prior_loss_weight < 0:
-            raise ConfigError(f"prior_loss_weight must be 0 or more, not {self.prior_loss_weight}.")
-        if self.network_module is not None and self.network_module not in NETWORK_MODULES:
-            raise ConfigError(f"network_module {self.network_module!r} is not supported; use 'networks.lora'.")
-        if self.mixed_precision not in MIXED_PRECISIONS:
-            raise ConfigError(f"mixed_precision must be no, fp16 or bf16, not {self.mixed_precision!r}.")
-        if self.max_token_length not in MAX_TOKEN_LENGTHS:
-            raise ConfigError(f"max_token_length must be 75, 150 or 225, not {self.max_token_length}.")
-        if self.clip_skip < 1:
-            raise ConfigError("clip_skip must be 1 or more (1 = the last layer).")
-        for name in (
-            "train_batch_size",
-            "gradient_accumulation_steps",
-            "max_train_steps",
-            "network_dim",
-            "dataset_repeats",
-        ):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be at least 1, not {getattr(self, name)}.")
         for name, needs in (("full_fp16", "fp16"), ("full_bf16", "bf16")):
             if getattr(self, name) and self.mixed_precision != needs:
                 raise ConfigError(f"{name} needs mixed_precision = {needs!r}, not {self.mixed_precision!r}.")
-        if self.vae_batch_size < 1 or self.max_data_loader_n_workers < 0:
-            raise ConfigError("vae_batch_size must be at least 1 and max_data_loader_n_workers at least 0.")
         if self.network_train_unet_only and self.network_train_text_encoder_only:
             raise ConfigError("network_train_unet_only and network_train_text_encoder_only exclude each other.")
         self._check_network_args()
@@ -915,8 +993,6 @@ class TrainConfig:
             raise ConfigError(f"{', '.join(lora_only)} and network_multiplier apply to a LoRA (network_module).")
         if self.dim_from_weights and not self.network_weights:
             raise ConfigError("dim_from_weights needs network_weights: the LoRA file to read the dims from.")
-        if self.scale_weight_norms is not None and self.scale_weight_norms < 0:
-            raise ConfigError(f"scale_weight_norms must be above 0 (or empty: off), not {self.scale_weight_norms}.")
 
     def _check_network_args(self) -> None:
         args = parse_network_args(self.network_args)
@@ -956,7 +1032,7 @@ def parse_network_args(entries: list[str]) -> dict[str, Any]:
         key, sep, text = str(entry).partition("=")
         key, text = key.strip(), text.strip()
         if not sep:
-            raise ConfigError(f'network_args entry {entry!r}: expected key=value, e.g. "conv_dim=8".')
+            raise ConfigError(f'network_args entry {shorten(entry)}: expected key=value, e.g. "conv_dim=8".')
         if key == "conv_dim":
             values[key] = _network_arg_number(key, text, int)
         elif key == "conv_alpha":
@@ -1005,7 +1081,7 @@ def _check_default_only(key: str, value: Any) -> None:
     if accepted and not any(_same_value(value, a) for a in accepted):
         shown = " or ".join("empty" if a is None else repr(a) for a in accepted)
         raise ConfigError(
-            f"{key} = {value!r} is not implemented in SD-Train; only {shown} (kohya's default, which changes "
+            f"{key} = {shorten(value)} is not implemented in SD-Train; only {shown} (kohya's default, which changes "
             "nothing) is accepted. Remove it, or train this config with kohya sd-scripts."
         )
 
@@ -1069,12 +1145,18 @@ def read_toml(path: str | Path, what: str = "Config file") -> dict[str, Any]:
         raise ConfigError(f"{what} {path.name} is not valid TOML: {e}") from e
 
 
-def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
-    """Read `path` (TOML), apply `overrides` (CLI flags win, as in kohya), validate."""
+def config_file_values(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The flat values of the TOML at `path` with `overrides` applied (CLI flags win, as in kohya), not yet checked:
+    a job checks their paths before anything they name (a dataset_config) is read."""
     values: dict[str, Any] = {}
     if path is not None:
         values = flatten_toml(read_toml(path))
     values.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    config = config_from_dict(values)
+    return values
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """Read `path` (TOML), apply `overrides`, validate."""
+    config = config_from_dict(config_file_values(path, overrides))
     config.validate()
     return config

@@ -31,8 +31,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lib_sdtrain.errors import ConfigError
+from lib_sdtrain.errors import ConfigError, shorten
 from lib_sdtrain.train.config import TrainConfig, read_toml
+from lib_sdtrain.utils.path_kinds import PathKind
 
 
 @dataclass(frozen=True)
@@ -131,16 +132,13 @@ SUBSET_DEFAULT_ONLY: dict[str, tuple] = {
 }
 _SUBSET_KEYS = {*SUBSET_FIELDS, *SUBSET_DEFAULT_ONLY}  # may also sit in a dataset or [general]
 _DATASET_KEYS = {*DATASET_FIELDS, *DATASET_DEFAULT_ONLY, *_SUBSET_KEYS}
-_TYPES: dict[str, type] = {
-    "batch_size": int, "min_bucket_reso": int, "max_bucket_reso": int, "bucket_reso_steps": int,
-    "enable_bucket": bool, "bucket_no_upscale": bool,
-    "num_repeats": int, "keep_tokens": int, "shuffle_caption": bool, "flip_aug": bool, "is_reg": bool,
-    "caption_dropout_rate": float, "caption_extension": str, "class_tokens": str, "image_dir": str,
-    "metadata_file": str, "caption_prefix": str, "caption_suffix": str, "caption_separator": str,
-    "keep_tokens_separator": str, "secondary_separator": str, "enable_wildcard": bool,
-    "caption_tag_dropout_rate": float, "caption_dropout_every_n_epochs": int, "token_warmup_min": int,
-    "token_warmup_step": float, "color_aug": bool, "random_crop": bool,
-}  # fmt: skip
+# The subset keys that are not training options (the others are checked as the option they fall back to).
+_SUBSET_ONLY_KINDS: dict[str, tuple[type, PathKind | None]] = {
+    "image_dir": (str, PathKind.READ_FOLDER),
+    "metadata_file": (str, PathKind.READ_FILE),
+    "class_tokens": (str, PathKind.TEXT),
+    "is_reg": (bool, None),
+}
 
 
 def read_dataset_config(path: str | Path, config: TrainConfig) -> DatasetSpec:
@@ -198,8 +196,6 @@ def _subset(table: dict, index: int, scopes: list[dict], config: TrainConfig, ba
         raise ConfigError(f"{where}: image_dir is required (or metadata_file for a fine-tuning subset).")
     if metadata_file is not None and is_reg:
         raise ConfigError(f"{where}: is_reg is for image folders; a metadata_file subset cannot be regularisation.")
-    if values["num_repeats"] < 1:
-        raise ConfigError(f"{where}: num_repeats must be at least 1, not {values['num_repeats']}.")
     augment = Augment(**{key: values[key] for key in AUGMENT_KEYS})
     try:
         check_augment(augment)
@@ -217,13 +213,7 @@ def _subset(table: dict, index: int, scopes: list[dict], config: TrainConfig, ba
 
 
 def check_augment(augment: Augment | TrainConfig) -> None:
-    """ConfigError for caption and image augmentation values kohya would fail on or misread."""
-    for key in ("caption_dropout_rate", "caption_tag_dropout_rate"):
-        if not 0 <= getattr(augment, key) <= 1:
-            raise ConfigError(f"{key} must be between 0 and 1, not {getattr(augment, key)}.")
-    for key in ("keep_tokens", "caption_dropout_every_n_epochs", "token_warmup_min", "token_warmup_step"):
-        if getattr(augment, key) < 0:
-            raise ConfigError(f"{key} must be 0 or more, not {getattr(augment, key)}.")
+    """ConfigError for caption settings kohya would fail on (the ranges are the option schema's)."""
     if not augment.caption_separator:
         raise ConfigError('caption_separator must not be empty (kohya\'s default is ",").')
 
@@ -238,7 +228,7 @@ def _path(text: str | None, base: Path) -> Path | None:
 
 def _table(value: Any, where: str) -> dict:
     if not isinstance(value, dict):
-        raise ConfigError(f"dataset_config {where}: expected a table, not {value!r}.")
+        raise ConfigError(f"dataset_config {where}: expected a table, not {shorten(value)}.")
     return value
 
 
@@ -259,10 +249,15 @@ def _value(key: str, scopes: list[dict], where: str) -> Any:
 
 
 def _coerce(key: str, value: Any, where: str) -> Any:
+    """`value` checked as the training option `key` falls back to (type, range, shape), under the key's own name."""
     from lib_sdtrain.train.options import Option, coerce_value, option_by_name
 
-    # kohya's resolution is one number or [width, height]; the training option's check accepts both.
-    option = option_by_name("resolution") if key == "resolution" else Option(key, _TYPES[key], None, "-", "dataset")
+    field = DATASET_FIELDS.get(key) or SUBSET_FIELDS.get(key, (None, None))[0]
+    if field is not None:
+        option = dataclasses.replace(option_by_name(field), name=key)
+    else:
+        value_type, kind = _SUBSET_ONLY_KINDS[key]
+        option = Option(key, value_type, None, "-", "dataset", kind=kind)
     try:
         return coerce_value(option, value)
     except ConfigError as e:
@@ -285,7 +280,7 @@ def _check_default_only(keys: dict[str, tuple], scopes: list[dict], where: str) 
                 value = scope[key]
                 if accepted and value not in accepted:
                     raise ConfigError(
-                        f"dataset_config {where}: {key} = {value!r} is not implemented in SD-Train; "
+                        f"dataset_config {where}: {key} = {shorten(value)} is not implemented in SD-Train; "
                         + _fix_hint(key, accepted[-1])
                     )
                 break

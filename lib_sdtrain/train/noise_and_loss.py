@@ -229,7 +229,5 @@ def check_options(config, v_prediction: bool | None) -> None:
         raise ConfigError("noise_offset_random_strength needs noise_offset (the largest strength drawn).")
     if config.ip_noise_gamma_random_strength and not config.ip_noise_gamma:
         raise ConfigError("ip_noise_gamma_random_strength needs ip_noise_gamma (the largest strength drawn).")
-    if config.multires_noise_iterations is not None and config.multires_noise_iterations < 0:
-        raise ConfigError("multires_noise_iterations must be 0 (off) or more.")
     if config.loss_type in ("huber", "smooth_l1") and config.huber_schedule == "exponential" and config.huber_c <= 0:
         raise ConfigError("huber_schedule exponential needs huber_c above 0.")

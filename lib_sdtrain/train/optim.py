@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 
-from lib_sdtrain.errors import ConfigError
+from lib_sdtrain.errors import ConfigError, shorten
 
 if TYPE_CHECKING:
     from lib_sdtrain.train.config import TrainConfig
@@ -37,13 +37,13 @@ def parse_optimizer_args(entries: list[str]) -> dict[str, Any]:
     for entry in entries:
         key, sep, text = str(entry).partition("=")
         if not sep or "=" in text or not key.strip():
-            raise ConfigError(f'optimizer_args entry {entry!r}: expected key=value, e.g. "weight_decay=0.01".')
+            raise ConfigError(f'optimizer_args entry {shorten(entry)}: expected key=value, e.g. "weight_decay=0.01".')
         try:
             kwargs[key.strip()] = ast.literal_eval(text.strip())
         except (ValueError, SyntaxError):
             raise ConfigError(
-                f"optimizer_args {entry!r}: the value must be a Python literal as kohya reads it (a number, True, "
-                "False, None, 'text' in quotes, or numbers separated by commas)."
+                f"optimizer_args {shorten(entry)}: the value must be a Python literal as kohya reads it (a number, "
+                "True, False, None, 'text' in quotes, or numbers separated by commas)."
             ) from None
     return kwargs
 
@@ -76,9 +76,6 @@ def check_optimizer_settings(config: TrainConfig) -> None:
         raise ConfigError(
             "lr_scheduler adafactor needs optimizer_type Adafactor with relative_step (its default), as in kohya."
         )
-    for key in ("lr_warmup_steps", "lr_decay_steps"):
-        if getattr(config, key) < 0:
-            raise ConfigError(f"{key} must be 0 or more (steps, or a fraction of the run below 1).")
     if config.lr_warmup_steps and (name in NO_WARMUP_SCHEDULES or relative):
         what = "Adafactor's relative_step schedule" if relative else f"lr_scheduler {name}"
         raise ConfigError(
@@ -89,8 +86,6 @@ def check_optimizer_settings(config: TrainConfig) -> None:
         raise ConfigError("lr_scheduler cosine_with_min_lr needs lr_scheduler_min_lr_ratio (e.g. 0.1).")
     if name == "inverse_sqrt" and not (config.lr_warmup_steps or config.lr_scheduler_timescale):
         raise ConfigError("lr_scheduler inverse_sqrt needs lr_warmup_steps or lr_scheduler_timescale above 0.")
-    if config.lr_scheduler_num_cycles < 1:
-        raise ConfigError("lr_scheduler_num_cycles must be 1 or more.")
 
 
 def _require(module: str, package: str, optimizer: str):

@@ -18,8 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lib_sdtrain.errors import ConfigError
+from lib_sdtrain.errors import ConfigError, shorten
 from lib_sdtrain.train.config import IGNORED_KEYS, INTERNAL_FIELDS, TrainConfig, unknown_key_error
+from lib_sdtrain.utils.path_kinds import PathKind, check_shape
 
 # key -> (title for the UI and the CLI help, TOML table). The tables are kohya's, as its tutorials lay configs out;
 # loading flattens them, so they only group the keys for the reader.
@@ -47,6 +48,20 @@ class Option:
     choices: tuple | None = None
     optional: bool = False  # None (empty) is allowed
     common: bool = False  # shown in the simple form, not only under "Advanced"
+    kind: PathKind | None = None  # what a text or list option holds (None for numbers and switches)
+    minimum: float | None = None  # numbers: the smallest allowed value
+    maximum: float | None = None  # the largest allowed value
+    below: float | None = None  # values must be smaller than this
+
+    @property
+    def range_text(self) -> str:
+        """The allowed numbers in words ("1 or more", "from 0 to below 1"), empty when any number goes."""
+        low = None if self.minimum is None else display_value(self.minimum)
+        high = display_value(self.maximum if self.below is None else self.below)
+        if self.maximum is None and self.below is None:
+            return f"{low} or more" if low is not None else ""
+        upper = f"{'below ' if self.below is not None else ''}{high}"
+        return f"from {low} to {upper}" if low is not None else f"up to {upper}"
 
     @property
     def title(self) -> str:
@@ -79,9 +94,16 @@ def _option_from_field(f: dataclasses.Field, annotation: Any) -> Option:
     meta = f.metadata
     if not meta.get("help") or meta.get("category") not in CATEGORIES:
         raise TypeError(f"TrainConfig.{f.name} needs opt(...) with a help text and one of {list(CATEGORIES)}")
-    kind, optional = _value_type(annotation)
+    value_type, optional = _value_type(annotation)
+    kind = meta["kind"] or (PathKind.TEXT if meta["choices"] else None)  # a value from a fixed list is no path
+    if value_type in (str, list) and kind is None:
+        raise TypeError(f"TrainConfig.{f.name} holds text: say what with opt(..., kind=PathKind.<kind>)")
     default = f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
-    return Option(f.name, kind, default, meta["help"], meta["category"], meta["choices"], optional, meta["common"])
+    minimum, maximum, below = meta["range"]
+    return Option(
+        f.name, value_type, default, meta["help"], meta["category"], meta["choices"], optional, meta["common"],
+        kind, minimum, maximum, below,
+    )  # fmt: skip
 
 
 def _build_options() -> tuple[Option, ...]:
@@ -102,6 +124,11 @@ def option_by_name(name: str) -> Option:
         raise unknown_key_error(name) from None
 
 
+def path_kinds() -> dict[str, PathKind]:
+    """{option: what it holds} for the text options: what lib_sdtrain.jobs.access checks."""
+    return {o.name: o.kind for o in OPTIONS if o.kind is not None}
+
+
 def options_in(category: str) -> list[Option]:
     return [o for o in OPTIONS if o.category == category]
 
@@ -118,7 +145,7 @@ _EXPECTED = {
 
 
 def _type_error(option: Option, value: Any) -> ConfigError:
-    return ConfigError(f"{option.name} = {value!r}: expected {_EXPECTED[option.type]}.")
+    return ConfigError(f"{option.name} = {shorten(value)}: expected {_EXPECTED[option.type]}.")
 
 
 def _to_bool(option: Option, value: Any) -> bool:
@@ -160,7 +187,7 @@ def _to_float(option: Option, value: Any) -> float:
     else:
         raise _type_error(option, value)
     if not math.isfinite(number):
-        raise ConfigError(f"{option.name} = {value!r}: expected a finite number.")
+        raise ConfigError(f"{option.name} = {shorten(value)}: expected a finite number.")
     return number
 
 
@@ -192,7 +219,7 @@ def _to_resolution(option: Option, value: Any) -> str:
         parse_resolution(text)
     except ConfigError:
         raise ConfigError(
-            f"{option.name} = {value!r}: expected 'width,height' in pixels such as \"512,512\", or one number."
+            f"{option.name} = {shorten(value)}: expected 'width,height' in pixels such as \"512,512\", or one number."
         ) from None
     return text
 
@@ -228,7 +255,7 @@ def _check_choice(option: Option, value: Any) -> Any:
         if value == choice or (isinstance(value, str) and isinstance(choice, str) and value.lower() == choice.lower()):
             return choice
     allowed = ", ".join(str(c) for c in option.choices or ())
-    raise ConfigError(f"{option.name} = {value!r}: expected one of {allowed}.")
+    raise ConfigError(f"{option.name} = {shorten(value)}: expected one of {allowed}.")
 
 
 def coerce_value(option: Option, value: Any) -> Any:
@@ -241,7 +268,46 @@ def coerce_value(option: Option, value: Any) -> Any:
             return None
         raise ConfigError(f"{option.name} needs a value: expected {_EXPECTED[option.type]}.")
     coerced = _SPECIAL_COERCERS.get(option.name, _COERCERS[option.type])(option, value)
-    return _check_choice(option, coerced) if option.choices else coerced
+    if option.choices:
+        return _check_choice(option, coerced)
+    _check_range(option, coerced)
+    _check_text(option, coerced)
+    return coerced
+
+
+def _check_range(option: Option, value: Any) -> None:
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return
+    too_low = option.minimum is not None and value < option.minimum
+    too_high = (option.maximum is not None and value > option.maximum) or (
+        option.below is not None and value >= option.below
+    )
+    if too_low or too_high:
+        raise ConfigError(f"{option.name} = {display_value(value)}: expected a number {option.range_text}.")
+
+
+MAX_LIST_ITEMS = 256
+
+
+def _check_text(option: Option, value: Any) -> None:
+    """Names, extensions and path texts of the right shape; lists of bounded size holding text."""
+    entries = value if isinstance(value, list) else [value]
+    if len(entries) > MAX_LIST_ITEMS:
+        raise ConfigError(f"{option.name} has {len(entries)} entries; at most {MAX_LIST_ITEMS} are allowed.")
+    for entry in entries:
+        if isinstance(value, list) and not isinstance(entry, str | int | float | bool):
+            raise ConfigError(f"{option.name}: expected a list of texts, not an entry {shorten(entry)}.")
+        try:
+            check_shape(option.name, entry, option.kind or PathKind.TEXT)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+
+
+def check_schema_values(config: TrainConfig) -> None:
+    """ConfigError for the first value of `config` that its option does not allow (a TrainConfig made in code gets
+    the checks a config file gets)."""
+    for option in OPTIONS:
+        coerce_value(option, getattr(config, option.name))
 
 
 # --- TOML writing ---------------------------------------------------------------------------------------------------

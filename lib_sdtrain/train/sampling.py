@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from lib_sdtrain.errors import ConfigError
+from lib_sdtrain.errors import ConfigError, shorten
 from lib_sdtrain.utils.files import atomic_path
 
 
@@ -58,13 +58,13 @@ def parse_prompt_line(line: str) -> SamplePrompt | None:
         flag = match[1].lower() if match else part.strip()
         if flag not in _FLAGS:
             raise ConfigError(
-                f"sample_prompts: --{flag} in {line!r} is not one of kohya's prompt options (--n negative, --w width, "
-                "--h height, --d seed, --s steps, --l CFG scale, --ss sampler)."
+                f"sample_prompts: --{flag} in {shorten(line)} is not one of kohya's prompt options (--n negative, "
+                "--w width, --h height, --d seed, --s steps, --l CFG scale, --ss sampler)."
             )
         key, pattern = _FLAGS[flag]
         value = (match[2] or "").strip() if match else ""
         if not re.fullmatch(pattern, value):
-            raise ConfigError(f"sample_prompts: --{flag} {value!r} in {line!r} is not a valid value.")
+            raise ConfigError(f"sample_prompts: --{flag} {shorten(value)} in {shorten(line)} is not a valid value.")
         values[key] = value
     return prompt_from_dict(values)
 
@@ -75,10 +75,11 @@ def prompt_from_dict(values: dict[str, Any]) -> SamplePrompt:
 
     unknown = set(values) - {"prompt", "subset", *(key for key, _ in _FLAGS.values())}
     if unknown:
-        raise ConfigError(f"sample_prompts: unknown key {sorted(unknown)[0]!r} in {values!r}.")
+        key, prompt = shorten(sorted(unknown)[0]), shorten(values.get("prompt", ""))
+        raise ConfigError(f"sample_prompts: unknown key {key} in the entry of prompt {prompt}.")
     sampler = values.get("sample_sampler")
     if sampler is not None and str(sampler).lower() not in SAMPLE_SAMPLERS:
-        raise ConfigError(f"sample_prompts: sampler {sampler!r} is not one of {', '.join(SAMPLE_SAMPLERS)}.")
+        raise ConfigError(f"sample_prompts: sampler {shorten(sampler)} is not one of {', '.join(SAMPLE_SAMPLERS)}.")
     try:
         return SamplePrompt(
             prompt=str(values.get("prompt", "")),
@@ -91,7 +92,7 @@ def prompt_from_dict(values: dict[str, Any]) -> SamplePrompt:
             sampler=None if sampler is None else str(sampler).lower(),
         )
     except (TypeError, ValueError) as e:
-        raise ConfigError(f"sample_prompts: {values!r}: {e}") from None
+        raise ConfigError(f"sample_prompts: prompt {shorten(values.get('prompt', ''))}: {e}") from None
 
 
 def write_prompt_file(folder: str | Path, name: str, text: str) -> Path:
@@ -113,7 +114,10 @@ def read_prompt_file(path: str | Path) -> list[SamplePrompt]:
     suffix = path.suffix.lower()
     if suffix == ".toml":
         table = read_toml(path, "sample_prompts file").get("prompt", {})
-        return [prompt_from_dict({**table, **subset}) for subset in table.get("subset", [])]
+        subsets = table.get("subset", []) if isinstance(table, dict) else None
+        if not isinstance(subsets, list) or not all(isinstance(subset, dict) for subset in subsets):
+            raise ConfigError(f"sample_prompts file {path.name}: expected [prompt] with [[prompt.subset]] tables.")
+        return [prompt_from_dict({**table, **subset}) for subset in subsets]
     if suffix == ".json":
         try:
             entries = json.loads(path.read_text(encoding="utf-8"))
@@ -121,6 +125,11 @@ def read_prompt_file(path: str | Path) -> list[SamplePrompt]:
             raise ConfigError(f"sample_prompts file {path.name} is not valid JSON: {e}") from None
         if not isinstance(entries, list):
             raise ConfigError(f"sample_prompts file {path.name}: expected a list of prompts.")
+        for index, entry in enumerate(entries, 1):
+            if not isinstance(entry, str | dict):
+                raise ConfigError(
+                    f"sample_prompts file {path.name}: entry {index} is neither a prompt line nor an object."
+                )
         return [p for e in entries if (p := parse_prompt_line(e) if isinstance(e, str) else prompt_from_dict(e))]
     return [p for line in path.read_text(encoding="utf-8").splitlines() if (p := parse_prompt_line(line))]
 

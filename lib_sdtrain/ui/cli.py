@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import os
 
+from lib_sdtrain.utils.path_kinds import PathKind, add_argument
+
 DEFAULT_PORT = 7870  # beside the WebUI's 7860
 
 
@@ -15,19 +17,51 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
         description="Serve the SD-Train UI. Listens on 127.0.0.1 unless --listen; with --listen or --share only "
         "SD-Train's own folders can be used, as in the WebUI. With no model present it offers a demo set.",
     )
-    p.add_argument("--home", help="data folder (models/, sd-train/datasets/, outputs/); default $SDTRAIN_HOME or "
-                   "./sd-train")  # fmt: skip
+    add_argument(
+        p,
+        "--home",
+        kind=PathKind.WRITE_FOLDER,
+        help="data folder (models/, sd-train/datasets/, outputs/); default $SDTRAIN_HOME or ./sd-train",
+    )
     p.add_argument("--listen", action="store_true", help="listen on 0.0.0.0 (other machines can connect)")
     p.add_argument("--port", type=int, default=int(os.environ.get("SDTRAIN_PORT", DEFAULT_PORT)), help="(7870)")
     p.add_argument("--share", action="store_true", help="also make a public gradio.live link")
-    p.add_argument("--auth", help="user:password[,user:password...] asked for by the page")
+    add_argument(p, "--auth", kind=PathKind.TEXT, help="user:password[,user:password...] asked for by the page")
     p.add_argument("--api", action="store_true", help="serve the /sdtrain/v1 API too")
-    p.add_argument("--api-auth", dest="api_auth", help="user:password[,...] for the API (HTTP Basic)")
-    p.add_argument("--dataset-dir", dest="dataset_dir", help="datasets folder (default HOME/sd-train/datasets)")
-    p.add_argument("--output-dir", dest="output_dir", help="outputs folder (default HOME/outputs/sd-train)")
-    p.add_argument("--models-dir", dest="models_dir", help="SD-Train's models folder (default HOME/models/sd-train)")
-    p.add_argument("--ckpt-dir", dest="checkpoints_dir", help="checkpoints (default HOME/models/Stable-diffusion)")
-    p.add_argument("--lora-dir", dest="lora_dir", help="LoRA folder (default HOME/models/Lora)")
+    add_argument(
+        p, "--api-auth", kind=PathKind.TEXT, dest="api_auth", help="user:password[,...] for the API (HTTP Basic)"
+    )
+    add_argument(
+        p,
+        "--dataset-dir",
+        dest="dataset_dir",
+        kind=PathKind.WRITE_FOLDER,
+        help="datasets folder (default HOME/sd-train/datasets)",
+    )
+    add_argument(
+        p,
+        "--output-dir",
+        dest="output_dir",
+        kind=PathKind.WRITE_FOLDER,
+        help="outputs folder (default HOME/outputs/sd-train)",
+    )
+    add_argument(
+        p,
+        "--models-dir",
+        dest="models_dir",
+        kind=PathKind.WRITE_FOLDER,
+        help="SD-Train's models folder (default HOME/models/sd-train)",
+    )
+    add_argument(
+        p,
+        "--ckpt-dir",
+        dest="checkpoints_dir",
+        kind=PathKind.WRITE_FOLDER,
+        help="checkpoints (default HOME/models/Stable-diffusion)",
+    )
+    add_argument(
+        p, "--lora-dir", dest="lora_dir", kind=PathKind.WRITE_FOLDER, help="LoRA folder (default HOME/models/Lora)"
+    )
     p.add_argument("--no-browser", action="store_true", help="accepted for scripts; the app never opens one")
     p.set_defaults(handler=run_ui)
 

@@ -297,8 +297,13 @@ def build(host, dataset_folder, lora_name, trigger_word, model_choices: list[str
     show_toml.click(toml_of, all_inputs, [toml_view, config_message])
 
     def save_as_preset(name, *args):
+        from lib_sdtrain.jobs.access import check_values
+        from lib_sdtrain.train.options import path_kinds
+
         try:
-            path = presets.save_user_preset((name or "").strip(), values_of(*args), user_preset_dir(host))
+            values = values_of(*args)
+            check_values(values, path_kinds())  # a preset names no folder SD-Train may not use
+            path = presets.save_user_preset((name or "").strip(), values, user_preset_dir(host))
         except Exception as e:
             return gr.update(), error_for(e)
         return gr.update(choices=preset_names(host), value=path.stem), message_html(f"Saved {path}.", "ok")
@@ -311,10 +316,11 @@ def build(host, dataset_folder, lora_name, trigger_word, model_choices: list[str
     refresh_previous.click(previous_runs, None, [previous])
 
     def load_run(path):
-        from lib_sdtrain.train.config import config_values, load_config
+        from lib_sdtrain.jobs.access import load_train_config
+        from lib_sdtrain.train.config import config_values
 
         try:
-            values = config_values(load_config(host.check_path_allowed(path, "config file")))
+            values = config_values(load_train_config(path, {}, str(host.output_dir())))
         except Exception as e:
             return [gr.update(), error_for(e), *([gr.update()] * len(inputs))]
         known = {k: v for k, v in values.items() if k in form.components}

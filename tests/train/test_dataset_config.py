@@ -176,7 +176,7 @@ def test_prior_loss_weight_scales_the_loss_of_reg_items(tiny_sd_dir, tmp_path):
         ("num_repeat = 3", "unknown key 'num_repeat'. Did you mean 'num_repeats'"),
         ("face_crop_aug_range = [2.0, 4.0]", "face_crop_aug_range = \\[2.0, 4.0\\] is not implemented"),
         ("alpha_mask = true", "alpha_mask = True is not implemented"),
-        ("caption_tag_dropout_rate = 1.5", "caption_tag_dropout_rate must be between 0 and 1"),
+        ("caption_tag_dropout_rate = 1.5", "caption_tag_dropout_rate = 1.5: expected a number from 0 to 1"),
         ("num_repeats = 'many'", "num_repeats = 'many': expected a whole number"),
     ],
 )

@@ -155,7 +155,8 @@ def test_config_to_toml_round_trips_through_load_config(tmp_path):
         "max_train_epochs": 10,
         "min_snr_gamma": None,  # empty: left out
         "output_dir": "C:\\Users\\me\\loras",
-        "output_name": 'my "quoted" lora',
+        "output_name": "my lora",
+        "training_comment": 'my "quoted" note',  # output_name is a file name: no quotes there
         "sample_prompts": "prompts.txt",
         "trigger_word": "sks\tperson",
         "preset": "sd15-character-lora",
