@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,6 +62,29 @@ def create_app(settings: AppSettings):
     return blocks, host
 
 
+def gradio_temp_dir() -> Path:
+    """Where Gradio 3.41 keeps the copies of the files a page shows (components/base.py: DEFAULT_TEMP_DIR), and
+    its uploads (routes.py: App.uploaded_file_dir)."""
+    return Path(os.environ.get("GRADIO_TEMP_DIR") or Path(tempfile.gettempdir()) / "gradio").resolve()
+
+
+def blocked_folders() -> list[str]:
+    """What Gradio must never serve. By default Gradio 3.41 serves every file under the process's working folder
+    at /file=PATH to anyone who can reach it (routes.py: in_app_dir). The page needs none of them: it shows copies
+    in Gradio's temp folder. So the working folder is blocked, unless it holds that temp folder (the app started
+    from / or /tmp); then hide_working_folder() takes over."""
+    cwd = Path.cwd().resolve()
+    temp = gradio_temp_dir()
+    return [] if cwd == temp or cwd in temp.parents else [str(cwd)]
+
+
+def hide_working_folder(app) -> None:
+    """Point the app's idea of its own folder (routes.App.cwd, read at each /file= request) at Gradio's temp folder,
+    whose files it serves anyway, so nothing is served for being under the working folder. Done as soon as launch()
+    returns; blocked_folders() already covers every start but one from a folder that holds the temp folder."""
+    app.cwd = str(gradio_temp_dir())
+
+
 def serve(settings: AppSettings, block: bool = True):
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     blocks, host = create_app(settings)
@@ -71,7 +96,9 @@ def serve(settings: AppSettings, block: bool = True):
         prevent_thread_lock=True,
         show_api=False,
         quiet=True,
+        blocked_paths=blocked_folders(),
     )
+    hide_working_folder(app)
     if settings.api:
         from lib_sdtrain.api import register_routes
 
