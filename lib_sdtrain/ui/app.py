@@ -31,7 +31,7 @@ def build_ui(host, css: str | None = None) -> gr.Blocks:
                 "Cancel job", variant="stop", size="sm", scale=0, min_width=120, elem_id="sdtrain_cancel_job"
             )
         header_message = gr.HTML(elem_id="sdtrain_header_message")
-        demo_controls = _demo_notice(host, model_choices) if not host.is_webui() else None
+        demo_controls = _demo_notice(host, model_choices)
         with gr.Tabs(elem_id="sdtrain_tabs"):
             with gr.Tab("1. Dataset", elem_id="sdtrain_tab_dataset"):
                 dataset = dataset_tab.build(host)
@@ -60,7 +60,7 @@ def build_ui(host, css: str | None = None) -> gr.Blocks:
         model_fields = [prepare.model, train.form.components["pretrained_model_name_or_path"]]
         model_fields += generate_models[:1]
         choice_fields = [dataset.folder, *dataset.models, *model_fields, *generate_models[1:]]
-        notice_fields = [demo_controls[1]] if demo_controls is not None else []
+        notice_fields = [demo_controls[1]]
 
         def on_load(*current):
             models = host.base_model_choices()
@@ -100,31 +100,46 @@ def build_ui(host, css: str | None = None) -> gr.Blocks:
         finished.change(
             after_job, [finished], [*prepare.outputs, *dataset.report_outputs, *generate_models[1:]]
         ).then(dataset.refresh, dataset.filter_inputs, dataset.gallery_outputs)
-        if demo_controls is not None:
-            button, notice = demo_controls
-            button.click(
-                lambda: _make_demo(host), None,
-                [notice, dataset.folder, prepare.model, train.form.components["pretrained_model_name_or_path"],
-                 *dataset.models, *prepare.bucket_fields, train.preset, train.prompts],
-            ).then(dataset.refresh, dataset.filter_inputs, dataset.gallery_outputs)  # fmt: skip
+        button, notice = demo_controls
+        button.click(
+            lambda: _make_demo(host), None,
+            [notice, dataset.folder, prepare.model, train.form.components["pretrained_model_name_or_path"],
+             *dataset.models, *prepare.bucket_fields, train.preset, train.prompts],
+        ).then(dataset.refresh, dataset.filter_inputs, dataset.gallery_outputs)  # fmt: skip
     return blocks
 
 
 def _notice_text(host, model_choices: list[str]) -> str:
-    return (
-        f"**No Stable Diffusion model found.** Put an SD 1.x/2.x checkpoint (`.safetensors`) into "
-        f"`{host.checkpoints_dir()}`, or a diffusers folder into `{host.models_dir()}`, then reload this page. "
-        "Or make the demo: tiny random-weight models (their images are not pictures) and a small drawn dataset, "
-        "to try caption → tag → prepare → train → generate on a CPU in a few minutes."
-        if not model_choices
-        else "Want to try the workflow first? The demo makes tiny random-weight models and a small drawn dataset."
+    """Where the models go (they are downloaded on first use only where the hub can be reached), and the demo."""
+    folders = (
+        f"Captioning and tagging download BLIP and the WD14 tagger from the Hugging Face hub on first use; offline, "
+        f"put a BLIP folder (transformers layout) or a tagger folder (`model.onnx` + `selected_tags.csv`) into "
+        f"`{host.models_dir()}` and pick it from the list."
     )
+    demo = (
+        "Or make the demo: tiny random-weight models (SD, BLIP, WD14; their images are not pictures) and a small "
+        "drawn dataset, to try caption → tag → prepare → train on a CPU in a few minutes, offline."
+    )
+    if host.is_webui():
+        base = (
+            "Training starts from the checkpoint the WebUI has loaded, or any checkpoint in its list; a diffusers "
+            f"folder goes into `{host.models_dir()}`."
+        )
+        return f"{base} {folders} {demo}"
+    if not model_choices:
+        return (
+            f"**No Stable Diffusion model found.** Put an SD 1.x/2.x checkpoint (`.safetensors`) into "
+            f"`{host.checkpoints_dir()}`, or a diffusers folder into `{host.models_dir()}`, then reload this page. "
+            f"{folders} {demo}"
+        )
+    return f"{folders} Want to try the workflow first? The demo makes tiny random-weight models and a small dataset."
 
 
 def _demo_notice(host, model_choices: list[str]):
-    """The standalone app with no model: say where one goes, and offer the demo set."""
+    """Where the models go, and the demo set: open when the standalone app has no model at all."""
     text = _notice_text(host, model_choices)
-    with gr.Accordion("Getting started", open=not model_choices, elem_id="sdtrain_getting_started"):
+    open_now = not model_choices and not host.is_webui()
+    with gr.Accordion("Getting started: models and the demo", open=open_now, elem_id="sdtrain_getting_started"):
         notice = gr.Markdown(text, elem_id="sdtrain_demo_notice")
         button = gr.Button("Make the demo models and dataset", elem_id="sdtrain_make_demo")
     return button, notice

@@ -66,7 +66,19 @@ def test_the_tab_is_sdtrains_ui_with_the_loaded_checkpoint_as_base_model(webui):
     assert base_model.choices[0] in ("loaded checkpoint", ("loaded checkpoint", "loaded checkpoint"))
     assert base_model.value == "loaded checkpoint"
     assert "sdtrain_finished" in by_id and "sdtrain_status" in by_id  # what javascript/sdtrain.js watches
-    assert "sdtrain_make_demo" not in by_id
+    assert "sdtrain_make_demo" in by_id  # the demo models, offline, in the WebUI's models folder too
+    notice = by_id["sdtrain_demo_notice"].value
+    assert str(adapter.models_dir()) in notice and "loaded" in notice
+
+
+def test_the_demo_from_the_webui_tab_lands_in_the_webuis_models_folder(webui):
+    from lib_sdtrain.ui.app import _make_demo
+
+    message, dataset, *models = _make_demo(adapter)
+    assert "Demo ready" in message, message
+    assert (adapter.models_dir() / "demo" / "sd-tiny" / "model_index.json").is_file()
+    assert str(adapter.models_dir() / "demo" / "sd-tiny") in adapter.base_model_choices()
+    assert (adapter.dataset_dir() / "demo").is_dir() and dataset["value"] == "demo"
 
 
 @pytest.mark.parametrize("api", [False, True])
