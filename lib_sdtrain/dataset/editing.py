@@ -7,6 +7,7 @@ Edits are written only when the user saves, atomically; bulk edits say first whi
 from __future__ import annotations
 
 import shutil
+import stat
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -155,21 +156,73 @@ def import_files(files: list[str | Path], dataset_root: str | Path, folder_name:
     return result
 
 
+MAX_ENTRY_BYTES = 512 * 2**20
+"""The largest file taken out of an uploaded zip (an image at Pillow's pixel limit is smaller)."""
+MAX_COMPRESSION_RATIO = 100
+"""Images and captions compress little; an entry that expands more than this (over a MiB) is a zip bomb."""
+FREE_SPACE_MARGIN = 64 * 2**20
+
+
 def _import_zip(archive: Path, target: Path, result: ImportResult) -> None:
     try:
         with zipfile.ZipFile(archive) as zf:
-            for info in zf.infolist():
-                if info.is_dir() or PurePosixPath(info.filename).name.startswith("."):
-                    continue
+            entries = [info for info in zf.infolist() if _zip_entry_problem(info, result) is None]
+            _check_room(archive, entries, target)
+            for info in entries:
                 name = PurePosixPath(info.filename.replace("\\", "/")).name
 
                 def extract(dest: Path, info: zipfile.ZipInfo = info, zf: zipfile.ZipFile = zf) -> None:
-                    with zf.open(info) as src, open(dest, "wb") as out:
-                        shutil.copyfileobj(src, out)
+                    _copy_bounded(zf, info, dest)
 
-                _import_one(name, extract, target, result)
+                try:
+                    _import_one(name, extract, target, result)
+                except DatasetError as e:  # this entry only; atomic_path removed its partial copy
+                    result.skipped[name] = str(e)
     except zipfile.BadZipFile:
-        result.skipped[archive.name] = "not a readable zip file"
+        result.skipped[archive.name] = "not a readable zip file (or still uploading: wait until it shows, then retry)"
+
+
+def _zip_entry_problem(info: zipfile.ZipInfo, result: ImportResult) -> str | None:
+    """Why an entry is left out (and recorded as skipped), or None to import it: folders, hidden files, links,
+    paths that climb out of the archive, and entries too large or compressed too strongly to be images."""
+    path = PurePosixPath(info.filename.replace("\\", "/"))
+    if info.is_dir():
+        return "a folder"  # not reported: its files are listed one by one
+    problem = None
+    if path.name.startswith(".") or "__MACOSX" in path.parts:
+        problem = "a hidden file"
+    elif stat.S_ISLNK(info.external_attr >> 16):
+        problem = "a symbolic link (links are never unpacked)"
+    elif path.is_absolute() or ".." in path.parts:
+        problem = "a path that leaves the archive (.. or /)"
+    elif info.file_size > MAX_ENTRY_BYTES:
+        problem = f"{info.file_size / 2**20:.0f} MiB unpacked, over the {MAX_ENTRY_BYTES // 2**20} MiB allowed"
+    elif info.file_size > 2**20 and info.file_size > MAX_COMPRESSION_RATIO * max(info.compress_size, 1):
+        problem = f"unpacks to {info.file_size // max(info.compress_size, 1)} times its size (a zip bomb?)"
+    if problem:
+        result.skipped[info.filename[:200]] = problem
+    return problem
+
+
+def _check_room(archive: Path, entries: list[zipfile.ZipInfo], target: Path) -> None:
+    needed = sum(info.file_size for info in entries)
+    free = shutil.disk_usage(target).free
+    if needed + FREE_SPACE_MARGIN > free:
+        raise DatasetError(
+            f"{archive.name} unpacks to {needed / 2**20:.0f} MiB, but {target} has {free / 2**20:.0f} MiB free; "
+            "nothing was unpacked. Free some space or upload fewer images at once."
+        )
+
+
+def _copy_bounded(zf: zipfile.ZipFile, info: zipfile.ZipInfo, dest: Path) -> None:
+    """Copy one entry, never more bytes than its header declares (a forged header cannot fill the disk)."""
+    copied = 0
+    with zf.open(info) as src, open(dest, "wb") as out:
+        while chunk := src.read(2**20):
+            copied += len(chunk)
+            if copied > info.file_size:
+                raise DatasetError(f"{info.filename[:200]} in the zip holds more than its header says; not unpacked.")
+            out.write(chunk)
 
 
 def _import_one(name: str, write, target: Path, result: ImportResult) -> None:
