@@ -13,6 +13,7 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -163,18 +164,25 @@ class JobRunner:
         with self._lock:  # refuse before checking: checks can read a whole dataset
             self._refuse_if_busy(stage)
         work = stage.check(dict(options))
-        with self._lock:
-            self._refuse_if_busy(stage)
-            job = Job(f"{kind}-{next(self._ids)}-{int(time.time())}", kind, title or stage.title, dict(options))
-            from lib_sdtrain import host
+        release = None
+        try:
+            with self._lock:
+                self._refuse_if_busy(stage)
+                release = _claim(work)
+                job = Job(f"{kind}-{next(self._ids)}-{int(time.time())}", kind, title or stage.title, dict(options))
+                from lib_sdtrain import host
 
-            job.progress = host.current().make_progress(job.on_event)
-            self._jobs[job.id] = job
-            self._forget_old()
-            thread = threading.Thread(
-                target=self._run, args=(job, stage, work, task_id), name=f"sdtrain-{job.id}", daemon=True
-            )
-            thread.start()
+                job.progress = host.current().make_progress(job.on_event)
+                self._jobs[job.id] = job
+                self._forget_old()
+                thread = threading.Thread(
+                    target=self._run, args=(job, stage, work, task_id, release), name=f"sdtrain-{job.id}", daemon=True
+                )
+                thread.start()
+        except BaseException:
+            if release is not None:
+                release()
+            raise
         return job
 
     def _refuse_if_busy(self, stage: Stage) -> None:
@@ -187,22 +195,26 @@ class JobRunner:
                 "wait for it to finish, or cancel it."
             )
 
-    def _run(self, job: Job, stage: Stage, work: Work, task_id: str | None) -> None:
+    def _run(self, job: Job, stage: Stage, work: Work, task_id: str | None, release: Callable[[], None] | None) -> None:
         from lib_sdtrain import host
 
         progress = job.progress
         assert progress is not None
         try:
-            session = (
-                host.training_session(f"SD-Train: {job.title}", task_id=task_id, unload=stage.unloads_model)
-                if stage.uses_gpu
-                else contextlib.nullcontext()
-            )
-            job.message(f"{job.title}: waiting for the GPU" if stage.uses_gpu else f"{job.title}: starting")
-            progress.check_cancelled()  # cancelled before it began: leave the WebUI's model where it is
-            with session:
-                progress.check_cancelled()
-                result = work(progress)
+            try:
+                session = (
+                    host.training_session(f"SD-Train: {job.title}", task_id=task_id, unload=stage.unloads_model)
+                    if stage.uses_gpu
+                    else contextlib.nullcontext()
+                )
+                job.message(f"{job.title}: waiting for the GPU" if stage.uses_gpu else f"{job.title}: starting")
+                progress.check_cancelled()  # cancelled before it began: leave the WebUI's model where it is
+                with session:
+                    progress.check_cancelled()
+                    result = work(progress)
+            finally:  # before the job reads as finished: a client may start the next run on the same output at once
+                if release is not None:
+                    release()
             job.finish(DONE, result=result if isinstance(result, dict) else None)
         except Cancelled as e:
             job.finish(CANCELLED, error=str(e))
@@ -239,6 +251,11 @@ class JobRunner:
         job.progress.cancel()
         job.message("Cancelling: stopping at the next safe point...")
         return job
+
+
+def _claim(work: Work) -> Callable[[], None] | None:
+    claim = getattr(work, "claim", None)
+    return claim() if claim is not None else None
 
 
 _runner = JobRunner()

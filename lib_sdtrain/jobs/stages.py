@@ -22,6 +22,9 @@ from lib_sdtrain.utils.path_kinds import MAX_TEXT_LENGTH, argument_kinds, is_hub
 from lib_sdtrain.utils.progress import Progress
 
 Work = Callable[[Progress], dict[str, Any]]
+"""What a stage's check returns. It may carry `claim()`, which the runner calls when it queues the job (a training
+job's output: refused then if another run holds it) and which returns the function that gives it back when the job
+ends. A check alone (the UI's Check button) claims nothing."""
 
 
 @dataclass(frozen=True)
@@ -228,11 +231,25 @@ def _check_train(options: dict[str, Any]) -> Work:
         except ConfigError as e:
             raise InputError("sample_prompts", str(e)) from None
 
+    from lib_sdtrain.train.output_lock import OutputBusyError, check_output_free, claim_output
+
+    def claim() -> Callable[[], None]:
+        try:
+            return claim_output(config.output_dir, config.output_name, "an SD-Train training job").release
+        except OutputBusyError as e:
+            raise InputError("output_name", str(e)) from None
+
+    try:
+        check_output_free(config.output_dir, config.output_name)
+    except OutputBusyError as e:
+        raise InputError("output_name", str(e)) from None
+
     def work(progress: Progress) -> dict[str, Any]:
         from lib_sdtrain.train.run import run_training
 
         return run_training(config, progress)
 
+    work.claim = claim  # type: ignore[attr-defined]
     return work
 
 

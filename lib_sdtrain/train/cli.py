@@ -117,7 +117,7 @@ def run_train(args: argparse.Namespace) -> int:
     config = load_config(args.config_file, command_line_overrides(args))
     progress = TqdmProgress()
     with _ctrl_c_cancels(progress):
-        result = train(config, progress=progress)
+        result = train(config, progress=progress, run="`sdtrain train`")
     print(f"done: {result.steps} steps, saved {result.output}")
     return 0
 

@@ -29,6 +29,7 @@ from lib_sdtrain.train.latent_cache import LatentCache, build_latent_cache, fold
 from lib_sdtrain.train.network.kohya_file import SAVE_DTYPES, load_lora
 from lib_sdtrain.train.network.lora import LoRANetwork, NetworkSpec, ranks_from_weights
 from lib_sdtrain.train.optim import make_lr_scheduler, make_optimizer
+from lib_sdtrain.train.output_lock import hold_output
 from lib_sdtrain.train.outputs import (
     OWNER_KEY,
     epoch_save_interval,
@@ -871,8 +872,12 @@ def _without_frozen(groups: list[dict]) -> list[dict]:
     return kept
 
 
-def train(config: TrainConfig, model: SDModel | None = None, progress: Progress | None = None) -> TrainResult:
-    return Trainer(config, model, progress).run()
+def train(
+    config: TrainConfig, model: SDModel | None = None, progress: Progress | None = None, run: str = "a training run"
+) -> TrainResult:
+    """Train while holding the output (train/output_lock.py): `run` tells a second run naming it who has it."""
+    with hold_output(config.output_dir, config.output_name, run):
+        return Trainer(config, model, progress).run()
 
 
 def _spec_from_weights(spec: NetworkSpec, weights: dict[str, torch.Tensor]) -> NetworkSpec:

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from lib_sdtrain.errors import Cancelled, ModelLoadError
 from lib_sdtrain.host.types import LOADED_CHECKPOINT
 from lib_sdtrain.train.config import TrainConfig, config_values
+from lib_sdtrain.train.output_lock import hold_output
 from lib_sdtrain.train.register import CANCELLED, DONE, FAILED, PREFERRED_WEIGHT, Registered, register_run, summarize
 from lib_sdtrain.train.safe_save import check_output_writable
 from lib_sdtrain.utils.files import atomic_write_text
@@ -66,7 +67,7 @@ def plan_text(config: TrainConfig) -> str:
     )
 
 
-def run_training(config: TrainConfig, progress: Progress) -> dict[str, Any]:
+def run_training(config: TrainConfig, progress: Progress, run: str = "an SD-Train job") -> dict[str, Any]:
     """Train, then put what was saved where the host uses it (train/register.py), also after a cancel or an error
     that left a save; the exception's message then says where it went."""
     from lib_sdtrain import host as hosts
@@ -78,19 +79,20 @@ def run_training(config: TrainConfig, progress: Progress) -> dict[str, Any]:
         model = host.load_webui_model()
         if model is None:
             raise ModelLoadError("No checkpoint is loaded in the WebUI. Load one, or choose a model file.")
-    check_output_writable(config.output_dir, config.output_name)  # before the run config is written there
-    config_path = save_run_config(config)
-    progress.message(f"Run config saved as {config_path}")
-    trainer = Trainer(config, model, progress)
-    try:
-        result = trainer.run()
-    except Exception as e:
-        status = CANCELLED if isinstance(e, Cancelled) else FAILED
-        registered = _register(host, trainer, status, progress, error=str(e))
-        if registered.model is not None:
-            e.args = (f"{e} Added to {registered.model.parent} as {registered.model.name}.",)
-        raise
-    registered = _register(host, trainer, DONE, progress)
+    with hold_output(config.output_dir, config.output_name, run):  # a queued job claimed it already
+        check_output_writable(config.output_dir, config.output_name)  # before the run config is written there
+        config_path = save_run_config(config)
+        progress.message(f"Run config saved as {config_path}")
+        trainer = Trainer(config, model, progress)
+        try:
+            result = trainer.run()
+        except Exception as e:
+            status = CANCELLED if isinstance(e, Cancelled) else FAILED
+            registered = _register(host, trainer, status, progress, error=str(e))
+            if registered.model is not None:
+                e.args = (f"{e} Added to {registered.model.parent} as {registered.model.name}.",)
+            raise
+        registered = _register(host, trainer, DONE, progress)
     return {
         "output": str(result.output) if result.output else None,
         "steps": result.steps,

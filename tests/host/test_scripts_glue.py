@@ -74,7 +74,7 @@ def test_the_tab_is_sdtrains_ui_with_the_loaded_checkpoint_as_base_model(webui):
 def test_the_demo_from_the_webui_tab_lands_in_the_webuis_models_folder(webui):
     from lib_sdtrain.ui.app import _make_demo
 
-    message, dataset, *models = _make_demo(adapter)
+    message, dataset, *_ = _make_demo(adapter)
     assert "Demo ready" in message, message
     assert (adapter.models_dir() / "demo" / "sd-tiny" / "model_index.json").is_file()
     assert str(adapter.models_dir() / "demo" / "sd-tiny") in adapter.base_model_choices()

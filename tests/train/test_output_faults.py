@@ -58,7 +58,7 @@ def test_read_only_output_is_refused_before_the_model_loads(tiny_sd_dir, sks_dat
 def test_output_without_room_for_one_save_is_refused_before_the_first_step(tiny_sd_dir, sks_dataset, tmp_path):
     progress = CallbackProgress()
     with tmpfs_mount(tmp_path / "small", size="64k") as small:
-        with pytest.raises(OutputError, match=rf"{small} has .* free, but one save needs about 2\d\d\.\d KiB"):
+        with pytest.raises(OutputError, match=rf"{small}/out has .* free, but one save needs about 2\d\d\.\d KiB"):
             loop.train(config_for(tiny_sd_dir, sks_dataset, small / "out"), progress=progress)
         assert progress.state.done == 0 and not list(small.iterdir())
 
