@@ -234,3 +234,30 @@ def test_network_args_dropouts_reach_the_modules_and_the_metadata(tiny_sd_dir, s
                                                     network_args=args)))  # fmt: skip
     metadata = load_lora(result.output)[1]
     assert json.loads(metadata["ss_network_args"]) == {"rank_dropout": "0.2", "module_dropout": "0.1"}
+
+
+@pytest.mark.parametrize(
+    ("spec", "refused"),
+    [
+        (
+            NetworkSpec(rank=1281),
+            "network_dim 1281 is above the width of every layer it trains in this model \\(at most 1280\\)",
+        ),
+        (NetworkSpec(rank=100_000), "Choose network_dim <= 1280"),
+        (NetworkSpec(rank=8, conv_rank=20_000, conv_alpha=1), "conv_dim 20000 is above .* \\(at most 1280\\)"),
+        (NetworkSpec(rank=769, train_unet=False), "network_dim 769 .* \\(at most 768\\)"),  # the text encoder's width
+    ],
+)
+def test_a_rank_above_every_layers_width_is_refused_before_any_module_is_made(spec, refused):
+    with init_empty_weights():
+        unet, text_encoder = sd15_unet(), sd15_text_encoder()
+    with pytest.raises(SDTrainError, match=refused):
+        LoRANetwork(unet, text_encoder, spec)
+
+
+def test_a_rank_as_wide_as_the_widest_layer_is_kept_as_kohya_keeps_it():
+    with init_empty_weights():
+        unet, text_encoder = sd15_unet(), sd15_text_encoder()
+        network = LoRANetwork(unet, text_encoder, NetworkSpec(rank=1280))
+    ranks = {lora.lora_down.weight.shape[0] for lora in network.all_loras()}
+    assert ranks == {1280}  # narrower layers too: their extra ranks add nothing, but kohya makes them

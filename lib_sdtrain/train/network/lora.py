@@ -23,6 +23,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from lib_sdtrain.errors import ConfigError
+
 UNET_PREFIX = "lora_unet"
 TEXT_ENCODER_PREFIX = "lora_te"
 UNET_TARGETS = ("Transformer2DModel",)
@@ -141,6 +143,11 @@ class LoRANetwork(nn.Module):
         super().__init__()
         self.spec = spec
         unet_targets = UNET_TARGETS + (UNET_CONV_TARGETS if spec.conv_rank else ())
+        if spec.module_ranks is None:  # before any module is made: a typo'd rank would fill the memory first
+            layers = list(target_layers(unet, UNET_PREFIX, unet_targets)) if spec.train_unet else []
+            if spec.train_text_encoder and text_encoder is not None:
+                layers += target_layers(text_encoder, TEXT_ENCODER_PREFIX, TEXT_ENCODER_TARGETS)
+            check_ranks(layers, spec)
         self.unet_loras = nn.ModuleList(
             _create_modules(unet, UNET_PREFIX, unet_targets, spec) if spec.train_unet else []
         )
@@ -239,6 +246,27 @@ def _create_modules(root: nn.Module, prefix: str, targets: tuple[str, ...], spec
             continue
         loras.append(LoRAModule(lora_name, child, rank, alpha, *_dropouts(spec)))
     return loras
+
+
+def check_ranks(layers: list[tuple[str, nn.Linear | nn.Conv2d]], spec: NetworkSpec) -> None:
+    """Refuse a rank above the width of every layer it would train (network_dim 10000 for 100): an update up @ down
+    has at most min(in, out) ranks, so the extra ones add nothing but memory, and such a rank can take gigabytes.
+    Ranks between one layer's width and another's are kept, as kohya keeps them."""
+    widest = {"network_dim": 0, "conv_dim": 0}
+    for _, layer in layers:
+        if isinstance(layer, nn.Linear):
+            option, fan_in, fan_out = "network_dim", layer.in_features, layer.out_features
+        else:
+            option = "network_dim" if layer.kernel_size == (1, 1) else "conv_dim"
+            fan_in, fan_out = layer.in_channels * math.prod(layer.kernel_size), layer.out_channels
+        widest[option] = max(widest[option], min(fan_in, fan_out))
+    for option, rank in (("network_dim", spec.rank), ("conv_dim", spec.conv_rank)):
+        if rank and widest[option] and rank > widest[option]:
+            raise ConfigError(
+                f"{option} {rank} is above the width of every layer it trains in this model (at most "
+                f"{widest[option]}): the ranks above it would add nothing but memory. Choose {option} <= "
+                f"{widest[option]} (common values: 4 to 128)."
+            )
 
 
 def _dropouts(spec: NetworkSpec) -> tuple[float, float, float]:
