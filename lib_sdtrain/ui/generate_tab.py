@@ -35,10 +35,14 @@ def generate(host, model, lora, weight, prompt, negative, sampler, steps, cfg, w
     if not model:
         return [], message_html("Choose a base model.", "error")
     try:
-        from lib_sdtrain.jobs.stages import check_paths
+        from lib_sdtrain.jobs.access import check_value
+        from lib_sdtrain.utils.path_kinds import PathKind
 
-        check_paths({"pretrained_model_name_or_path": model})  # --listen: only SD-Train's folders
-        lora_path = None if not lora or lora == NO_LORA else str(host.check_path_allowed(lora, "LoRA"))
+        check_value("pretrained_model_name_or_path", str(model), PathKind.MODEL)  # --listen: only SD-Train's folders
+        lora_path = None
+        if lora and lora != NO_LORA:
+            check_value("LoRA", str(lora), PathKind.READ_FILE)
+            lora_path = str(lora)
         request = GenerationRequest(
             model=str(model), prompt=prompt or "", negative_prompt=negative or "", sampler=sampler,
             steps=int(steps), cfg_scale=float(cfg),
