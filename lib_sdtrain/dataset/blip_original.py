@@ -7,13 +7,13 @@ config is read off the tensor shapes, so the large and base checkpoints (and the
 
 from __future__ import annotations
 
-import pickle
 import re
 from pathlib import Path
 
 import torch
 
 from lib_sdtrain.errors import ModelLoadError
+from lib_sdtrain.utils.torch_pickle import load_pickle
 
 _VISION_LAYER = {
     "norm1": "layer_norm1",
@@ -51,12 +51,7 @@ def read_original_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise ModelLoadError(f"BLIP checkpoint not found: {path}")
-    try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise ModelLoadError(f"Refusing to load {path.name}: it contains Python objects other than tensors.") from e
-    except (RuntimeError, EOFError, OSError) as e:
-        raise ModelLoadError(f"{path.name} is not a readable checkpoint (truncated or corrupt?): {e}") from e
+    obj = load_pickle(path)
     state = obj.get("model", obj) if isinstance(obj, dict) else None
     if not isinstance(state, dict) or "visual_encoder.cls_token" not in state:
         raise ModelLoadError(f"{path.name} is not an original BLIP captioning checkpoint (no visual_encoder.*).")

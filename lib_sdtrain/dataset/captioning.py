@@ -67,7 +67,9 @@ def load_blip(source: str, device: str | None = None, processor_source: str = DE
                    "pad_token_id": tokenizer.pad_token_id}  # fmt: skip
             model = load_original_blip(source, ids)
         else:
-            model = BlipForConditionalGeneration.from_pretrained(source, local_files_only=_local_only(source))
+            model = BlipForConditionalGeneration.from_pretrained(
+                source, local_files_only=_local_only(source), state_dict=_pickled_state(source)
+            )
     except (OSError, ValueError) as e:
         where = (
             "" if Path(processor_from).is_dir() else " (not in the local Hugging Face cache, and the hub is offline?)"
@@ -75,6 +77,15 @@ def load_blip(source: str, device: str | None = None, processor_source: str = DE
         raise ModelLoadError(f"Could not load the BLIP model {processor_from}{where}: {e}") from e
     target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     return Blip(model.to(target).eval(), processor, target)
+
+
+def _pickled_state(folder: str) -> dict[str, torch.Tensor] | None:
+    """A local folder's pytorch_model.bin read safely here, else None (transformers reads safetensors itself): its
+    own reader calls torch.load, which inside the WebUI is a checker that refuses current torch files."""
+    from lib_sdtrain.utils.torch_pickle import load_tensor_dict, pickled_weights
+
+    weights = pickled_weights(folder)
+    return load_tensor_dict(weights) if weights else None
 
 
 @torch.no_grad()

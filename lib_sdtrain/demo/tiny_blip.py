@@ -75,7 +75,7 @@ def write_tiny_blip(folder: Path, seed: int = 0) -> Path:
         torch.manual_seed(seed)
         model = BlipForConditionalGeneration(BlipConfig.from_text_vision_configs(text, vision, projection_dim=HIDDEN))
     _make_grammar_decoder(model.text_decoder, vocab)
-    model.save_pretrained(folder)
+    model.save_pretrained(folder, safe_serialization=True)  # no pickle: the WebUI's torch.load refuses them
     processor.save_pretrained(folder)
     return folder
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pickle
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -12,6 +11,7 @@ import torch
 
 from lib_sdtrain.errors import ModelLoadError, UnsupportedModelError
 from lib_sdtrain.models.ldm_keys import SD1_TEXT_PREFIX, SD2_TEXT_PREFIX, UNET_PREFIX, VAE_PREFIX
+from lib_sdtrain.utils.torch_pickle import load_tensor_dict
 
 SAFETENSORS_SUFFIXES = (".safetensors",)
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
@@ -135,20 +135,7 @@ def _read_safetensors(path: Path) -> tuple[LazyTensors, dict[str, str]]:
 
 
 def _read_pickle(path: Path) -> dict[str, torch.Tensor]:
-    try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise ModelLoadError(
-            f"Refusing to load {path.name}: it contains Python objects other than tensors, and unpickling those can "
-            "run arbitrary code. Convert it to .safetensors with a tool you trust, or use a .safetensors version."
-        ) from e
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
-        raise ModelLoadError(f"{path.name} is not a readable checkpoint (truncated or corrupt?): {e}") from e
-    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
-        obj = obj["state_dict"]  # PyTorch Lightning checkpoints wrap the weights
-    if not isinstance(obj, dict):
-        raise ModelLoadError(f"{path.name} does not contain a state dict (found {type(obj).__name__})")
-    return {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    return {k: v for k, v in load_tensor_dict(path).items() if isinstance(v, torch.Tensor)}
 
 
 def normalize_ldm_keys(state_dict: StateDict) -> StateDict:

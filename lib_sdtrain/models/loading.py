@@ -295,6 +295,23 @@ def _check_vocab(tokenizer: CLIPTokenizer, vocab_size: int) -> None:
 # --- diffusers folders and hub ids -------------------------------------------------------------------------------
 
 
+def _from_pretrained(cls: type, source: str, subfolder: str, kwargs: dict[str, Any]) -> Any:
+    """`cls.from_pretrained`, except for a local folder holding only pickled weights (.bin): those are read here, by
+    the one safe reader, since diffusers' and transformers' readers call torch.load, which inside the WebUI is a
+    checker that refuses every file current torch writes."""
+    from lib_sdtrain.utils.torch_pickle import load_tensor_dict, pickled_weights
+
+    weights = pickled_weights(Path(source) / subfolder)
+    if weights is None:
+        return cls.from_pretrained(source, subfolder=subfolder, **kwargs)
+    state = load_tensor_dict(weights)
+    if cls is CLIPTextModel:  # transformers takes the weights as an argument
+        return cls.from_pretrained(source, subfolder=subfolder, state_dict=state, **kwargs)
+    model = cls.from_config(cls.load_config(str(Path(source) / subfolder)))
+    model.load_state_dict(state)
+    return model.to(kwargs["torch_dtype"])
+
+
 def load_diffusers(
     source: str,
     *,
@@ -305,9 +322,9 @@ def load_diffusers(
     local_only = hub_offline() or Path(source).is_dir()
     kwargs = {"torch_dtype": dtype, "local_files_only": local_only}
     try:
-        unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet", **kwargs)
-        vae = AutoencoderKL.from_pretrained(source, subfolder="vae", **kwargs)
-        text_encoder = CLIPTextModel.from_pretrained(source, subfolder="text_encoder", **kwargs)
+        unet = _from_pretrained(UNet2DConditionModel, source, "unet", kwargs)
+        vae = _from_pretrained(AutoencoderKL, source, "vae", kwargs)
+        text_encoder = _from_pretrained(CLIPTextModel, source, "text_encoder", kwargs)
         scheduler = _read_scheduler_config(source, local_only)
     except (OSError, ValueError) as e:
         where = "the local Hugging Face cache (the hub is offline)" if local_only else "the Hugging Face hub"

@@ -55,6 +55,7 @@ def start_webui(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Cal
         monkeypatch.setenv("SDTRAIN_STUB_PRELOADS", str(ROOT / "preload.py"))
         monkeypatch.syspath_prepend(str(STUB))
         shared = importlib.import_module("modules.shared")
+        importlib.import_module("modules.safe")  # replaces torch.load with its checker, as the WebUI does at start
         devices = importlib.import_module("modules.devices")
         devices.device = shared.device = torch.device("cpu")
         networks = None
@@ -74,7 +75,9 @@ def start_webui(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Cal
             networks=networks,
         )
 
+    torch_load = torch.load
     yield start
+    torch.load = torch_load
     for name in [n for n in sys.modules if _is_webui_module(n)]:
         del sys.modules[name]
     sys.modules.update(saved)

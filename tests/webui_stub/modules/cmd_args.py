@@ -21,6 +21,7 @@ parser.add_argument("--enable-insecure-extension-access", action="store_true")
 parser.add_argument("--api", action="store_true")
 parser.add_argument("--api-auth", type=str, default=None)
 parser.add_argument("--skip-install", action="store_true")
+parser.add_argument("--disable-safe-unpickle", action="store_true")
 parser.add_argument("--ui-settings-file", type=str, default=os.path.join(data_path, "config.json"))
 # Added by extensions-builtin/Lora/preload.py in the real WebUI.
 parser.add_argument("--lora-dir", type=str, default=os.path.join(models_path, "Lora"))
