@@ -215,7 +215,9 @@ def _check_train(options: dict[str, Any]) -> Work:
         check_image_folder("train_data_dir", config.train_data_dir, recursive=True)
     elif not Path(config.in_json).is_file():
         raise InputError("in_json", f"The metadata file {config.in_json} does not exist; run Prepare first.")
-    if config.resume and not Path(config.resume).is_dir():
+    from lib_sdtrain.train.state import state_exists
+
+    if config.resume and not state_exists(config.resume):
         raise InputError("resume", f"The state folder {config.resume} does not exist.")
     try:
         access.check_train_config(config)

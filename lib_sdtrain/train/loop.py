@@ -44,7 +44,7 @@ from lib_sdtrain.train.outputs import (
 from lib_sdtrain.train.prefetch import prefetched, worker_count
 from lib_sdtrain.train.safe_save import SaveGuard, check_output_writable, check_room, is_write_error, rescue_folder
 from lib_sdtrain.train.sampling import check_samplers, generate_samples, read_prompt_file
-from lib_sdtrain.train.state import Position, load_scaler_state, load_state, restore_rng, save_state
+from lib_sdtrain.train.state import Position, load_state, restore_rng, save_state
 from lib_sdtrain.train.tensorboard_log import TensorBoardLog
 from lib_sdtrain.utils.files import check_safe_name
 from lib_sdtrain.utils.progress import Progress
@@ -335,22 +335,34 @@ class Trainer:
         return state
 
     def _resume(self, folder: str) -> None:
-        trainable, optimizer, scheduler, rng, position = load_state(folder)
+        state = load_state(folder)
+        if state.note:
+            self.progress.message(state.note)
+        try:
+            self._load_trainable(state.trainable)
+            self.optimizer.load_state_dict(state.optimizer)
+            self.lr_scheduler.load_state_dict(state.scheduler)
+            restore_rng(state.rng, {"noise": self.noise_generator})
+        except SDTrainError as e:
+            raise SDTrainError(f"Cannot resume from {folder}: {e} Resume with the settings it was saved.") from None
+        except (RuntimeError, ValueError, KeyError, TypeError) as e:  # a state of another run, model or optimizer
+            raise SDTrainError(
+                f"Cannot resume from {folder}: it does not fit this run ({type(e).__name__}: {str(e)[:300]}). "
+                "Resume with the model, optimizer and settings it was saved with."
+            ) from None
+        if state.scaler is not None and self.accelerator.scaler is not None:
+            self.accelerator.scaler.load_state_dict(state.scaler)
+        self.position = state.position
+        self.progress.message(f"Resumed from {folder} at step {state.position.step}.")
+
+    def _load_trainable(self, trainable: dict[str, torch.Tensor]) -> None:
         if self.network is not None:
             self.network.load_kohya_state_dict(trainable)
-        else:
-            self.model.unet.load_state_dict({k[5:]: v for k, v in trainable.items() if k.startswith("unet.")})
-            te = {k[13:]: v for k, v in trainable.items() if k.startswith("text_encoder.")}
-            if te:
-                self.model.text_encoder.load_state_dict(te)
-        self.optimizer.load_state_dict(optimizer)
-        self.lr_scheduler.load_state_dict(scheduler)
-        restore_rng(rng, {"noise": self.noise_generator})
-        scaler_state = load_scaler_state(folder)
-        if scaler_state is not None and self.accelerator.scaler is not None:
-            self.accelerator.scaler.load_state_dict(scaler_state)
-        self.position = position
-        self.progress.message(f"Resumed from {folder} at step {position.step}.")
+            return
+        self.model.unet.load_state_dict({k[5:]: v for k, v in trainable.items() if k.startswith("unet.")})
+        te = {k[13:]: v for k, v in trainable.items() if k.startswith("text_encoder.")}
+        if te:
+            self.model.text_encoder.load_state_dict(te)
 
     # --- one step -----------------------------------------------------------------------------------------------
 
@@ -678,7 +690,8 @@ class Trainer:
                     worker_count(config.max_data_loader_n_workers),
                 ) as prepared_batches:
                     epoch_losses = self._train_epoch(epoch, first, len(batches), prepared_batches, log)
-                self.position.epoch, self.position.batch = epoch + 1, 0
+                if self.position.batch >= len(batches):  # a run that reached its steps mid-epoch resumes there
+                    self.position.epoch, self.position.batch = epoch + 1, 0
                 if epoch_losses:
                     log.epoch(epoch + 1, sum(epoch_losses) / len(epoch_losses))
                 self._after_epoch(epoch)
@@ -688,7 +701,7 @@ class Trainer:
             output = self.save_model()
             if config.save_state:
                 state_dir = self.save_training_state("")
-            self._sample(f"e{self.position.epoch:06d}")
+            self._sample(f"e{self.position.epochs_reached:06d}")
         except Cancelled:
             self.stop_note = f"cancelled at step {self.position.step} of {self.total_steps}"
             output = self.save_model()

@@ -353,7 +353,7 @@ def lora_metadata(trainer: Trainer, finished: bool) -> dict[str, str]:
         **vae_metadata(config.vae),
         **base_model_metadata(model),
         "ss_steps": str(trainer.position.step),
-        "ss_epoch": str(trainer.position.epoch),
+        "ss_epoch": str(trainer.position.epochs_reached),
     }
     if config.dataset_config:
         meta = {k: v for k, v in meta.items() if k not in FLAT_DATASET_KEYS}

@@ -49,8 +49,17 @@ def list_states(output_dir: str | Path, output_name: str) -> list[Path]:
     folder = Path(output_dir)
     if not folder.is_dir():
         return []
-    states = [p for p in folder.glob(f"{output_name}*-state") if p.is_dir()]
-    return sorted(states, key=lambda p: p.stat().st_mtime, reverse=True)
+    from lib_sdtrain.train.state import state_exists
+
+    # A save cut by a crash leaves only `-state.tmp`/`-state.old`: offered under the state's own name (it loads).
+    names = {p.name.removesuffix(".tmp").removesuffix(".old") for p in folder.glob(f"{output_name}*-state*")}
+    states = [folder / name for name in names if name.endswith("-state") and state_exists(folder / name)]
+    return sorted(states, key=_modified, reverse=True)
+
+
+def _modified(state: Path) -> float:
+    existing = next((p for p in (state, state.with_name(state.name + ".tmp")) if p.exists()), None)
+    return (existing or state.with_name(state.name + ".old")).stat().st_mtime
 
 
 def plan_text(config: TrainConfig) -> str:

@@ -99,7 +99,7 @@ def test_an_overflowing_fp16_step_is_skipped_and_training_goes_on(
 def test_the_fp16_scaler_state_is_saved_and_restored(tiny_sd_dir, sks_dataset, tmp_path, fp16_on_cpu):
     config = config_for(tiny_sd_dir, sks_dataset, tmp_path, max_train_steps=2, save_state=True)
     result = train(config)
-    assert (result.state_dir / "scaler.pt").is_file()
+    assert (result.state_dir / "scaler.safetensors").is_file()
 
     resumed = Trainer(config_for(tiny_sd_dir, sks_dataset, tmp_path, max_train_steps=3, resume=str(result.state_dir)),
                       None, None)  # fmt: skip

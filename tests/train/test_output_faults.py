@@ -82,7 +82,8 @@ def test_disk_full_at_the_end_saves_the_lora_and_state_in_the_rescue_folder(
     state, metadata = load_lora(rescue / "sks.safetensors")
     assert metadata["ss_steps"] == "4" and any(v.abs().sum() > 0 for k, v in state.items() if "lora_up" in k)
     assert sorted(os.listdir(rescue / "sks-state")) == [
-        "optimizer.pt", "rng.pt", "scheduler.pt", "train_state.json", "trainable.safetensors",
+        "optimizer.safetensors", "rng.safetensors", "scheduler.safetensors", "train_state.json",
+        "trainable.safetensors",
     ]  # fmt: skip
 
 

@@ -13,6 +13,7 @@ from PIL import Image
 from lib_sdtrain.train.config import config_from_dict
 from lib_sdtrain.train.data import TrainItem
 from lib_sdtrain.train.outputs import lora_metadata
+from lib_sdtrain.train.state import Position
 
 # kohya sd-scripts v0.8.7 train_network.py: the keys of its metadata dict for a run without dataset_config (which
 # writes ss_datasets instead of the dataset keys), plus those added per save. ss_network_args only with network_args;
@@ -48,7 +49,7 @@ class FakeTrainer:  # what lora_metadata reads of a Trainer
         )  # fmt: skip
         self.network = None
         self.batches_per_epoch, self.num_epochs, self.total_steps, self.started_at = 6, 2, 12, 1700000000.0
-        self.position = SimpleNamespace(step=12, epoch=2)
+        self.position = Position(step=12, epoch=2)
         self.stop_note = None
         self.optimizer_description = "torch.optim.adamw.AdamW"
         self.accelerator = SimpleNamespace(num_processes=1)

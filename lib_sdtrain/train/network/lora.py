@@ -219,6 +219,9 @@ class LoRANetwork(nn.Module):
                 f"The LoRA does not fit this model and these settings: {len(missing)} tensors missing "
                 f"(e.g. {missing[:2]}), {len(unexpected)} unexpected (e.g. {unexpected[:2]})."
             )
+        wrong = [k for k in ours if state[k].shape != ours[k].shape]
+        if wrong:
+            raise SDTrainError(f"The LoRA does not fit these settings: {_shape_mismatch(wrong, state, ours)}.")
         for lora in self.all_loras():
             lora.load_state_dict({k: state[f"{lora.lora_name}.{k}"] for k in lora.state_dict()})
 
@@ -229,6 +232,20 @@ class LoRANetwork(nn.Module):
             weight = lora._layer[0].weight
             weight += lora.delta_weight().to(weight.dtype).reshape(weight.shape)
         self.detach()
+
+
+def _shape_mismatch(keys: list[str], theirs: dict[str, torch.Tensor], ours: dict[str, torch.Tensor]) -> str:
+    """What differs, in the options' terms where it is a rank: "saved with network_dim 16, this run has 8"."""
+    ranks = [k for k in keys if k.endswith(".lora_down.weight")]
+    if ranks:
+        key = ranks[0]
+        option = "conv_dim" if ours[key].dim() == 4 and ours[key].shape[-1] > 1 else "network_dim"
+        return (
+            f"it was saved with {option} {theirs[key].shape[0]}, this run has {option} {ours[key].shape[0]} "
+            f"({len(ranks)} modules differ, e.g. {key.split('.')[0]})"
+        )
+    key = keys[0]
+    return f"{key} is {tuple(theirs[key].shape)} there and {tuple(ours[key].shape)} here ({len(keys)} tensors differ)"
 
 
 def _create_modules(root: nn.Module, prefix: str, targets: tuple[str, ...], spec: NetworkSpec) -> list[LoRAModule]:
