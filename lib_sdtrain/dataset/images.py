@@ -4,7 +4,9 @@ so odd files are handled the same way everywhere: EXIF rotation applied, transpa
 
 from __future__ import annotations
 
+import errno
 import os
+import re
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -150,10 +152,16 @@ def scan_images(folder: str | Path, recursive: bool = False) -> ImageListing:
     if not root.is_dir():
         raise DatasetError(f"Image folder not found: {root}")
     usable = IMAGE_EXTENSIONS | _optional_extensions()
-    images, skipped = [], {}
-    for path in sorted(root.glob("**/*" if recursive else "*")):
+    entries, skipped = _entries(root, recursive)
+    images = []
+    for path in entries:
         suffix = path.suffix.lower()
-        if path.name.lower().endswith(REPORT_IMAGE_SUFFIX) or SIDE_FOLDER in path.relative_to(root).parts:
+        parts = path.relative_to(root).parts
+        if path.name.lower().endswith(REPORT_IMAGE_SUFFIX) or SIDE_FOLDER in parts:
+            continue
+        if any(part.startswith(".") for part in parts):  # kohya's glob("*.png") never matches them either
+            if suffix in usable:
+                skipped[path] = "hidden file (its name starts with a dot; kohya leaves it out too)"
             continue
         if suffix in usable and path.is_file():
             images.append(path)
@@ -161,10 +169,39 @@ def scan_images(folder: str | Path, recursive: bool = False) -> ImageListing:
             skipped[path] = _not_a_file(path)
         elif suffix in UNSUPPORTED_IMAGE_EXTENSIONS:
             skipped[path] = _unsupported(suffix)
+        elif not recursive and path.is_dir() and not path.name.startswith("."):
+            inside = sum(1 for p in path.iterdir() if p.suffix.lower() in usable)
+            if inside:
+                skipped[path] = (
+                    f"a sub-folder with {inside} image(s), not read: only this folder's images are (as kohya "
+                    "reads them); use --recursive, or point at the sub-folder"
+                )
     return ImageListing(images, skipped)
 
 
+def _entries(root: Path, recursive: bool) -> tuple[list[Path], dict[Path, str]]:
+    """The folder's entries, sorted (with `recursive`, its sub-folders' too, linked ones included), and the linked
+    folders not read because they lead back to a folder already read (a loop)."""
+    if not recursive:
+        return sorted(root.iterdir()), {}
+    found, loops, seen = [], {}, set()
+    for folder, folders, files in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:
+            loops[Path(folder)] = "a link to a folder already read (a link loop): its images are read once"
+            folders[:] = []
+            continue
+        seen.add(real)
+        found += [Path(folder) / name for name in folders + files]
+    return sorted(p for p in found if p not in loops), loops
+
+
 def _not_a_file(path: Path) -> str:
+    try:
+        path.stat()
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return "a link that points back to itself (a link loop): remove or fix the link"
     if path.is_symlink() and not path.exists():
         return f"broken link (its target {os.readlink(path)} does not exist)"
     if path.is_dir():
@@ -217,8 +254,8 @@ def load_image_rgb(path: str | Path, max_pixels: int = MAX_IMAGE_PIXELS) -> Imag
     try:
         if path.stat().st_size == 0:
             raise ImageLoadError(path, "empty file (0 bytes)")
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with warnings.catch_warnings():  # the size check below is the limit, with a message that gives it
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as im:
                 if im.width * im.height > max_pixels:
                     raise ImageLoadError(path, f"too large ({im.width}x{im.height} pixels, limit {max_pixels})")
@@ -231,11 +268,17 @@ def load_image_rgb(path: str | Path, max_pixels: int = MAX_IMAGE_PIXELS) -> Imag
     except UnidentifiedImageError as e:
         raise ImageLoadError(path, "not an image Pillow can read") from e
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ImageLoadError(path, "too large (decompression-bomb guard)") from e
+        raise ImageLoadError(path, f"too large ({_pixel_count(e)}, limit {max_pixels} pixels)") from e
     except OSError as e:  # truncated data, broken headers
         raise ImageLoadError(path, f"unreadable image ({e})") from e
     except Exception as e:  # pragma: no cover - decoders raise assorted errors on crafted files
         raise ImageLoadError(path, f"unreadable image ({type(e).__name__}: {e})") from e
+
+
+def _pixel_count(error: Exception) -> str:
+    """The size Pillow's decompression-bomb guard saw, from its message ("Image size (400000000 pixels) ...")."""
+    found = re.search(r"\((\d+) pixels\)", str(error))
+    return f"{int(found[1])} pixels" if found else "over Pillow's limit"
 
 
 def to_rgb(im: Image.Image, background: tuple[int, int, int] = (255, 255, 255)) -> Image.Image:

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lib_sdtrain.dataset.images import IMAGE_EXTENSIONS, dataset_images
-from lib_sdtrain.errors import ConfigError, DatasetError
+from lib_sdtrain.dataset.images import dataset_images
+from lib_sdtrain.errors import ConfigError, DatasetError, shorten
 from lib_sdtrain.utils.files import atomic_write_json, check_writable
 from lib_sdtrain.utils.progress import Progress
 
@@ -53,6 +53,23 @@ def read_caption_file(path: Path) -> tuple[str, str | None]:
     raise AssertionError("latin-1 decodes every byte")  # pragma: no cover
 
 
+def read_kohya_text(path: Path) -> tuple[str, str | None]:
+    """What kohya trains on from a caption or tag file: its first line, stripped (CRLF and a BOM handled); the
+    warning also says when further lines are left out."""
+    text, warning = read_caption_file(path)
+    lines = text.splitlines()
+    dropped = sum(1 for line in lines[1:] if line.strip())
+    if dropped:
+        note = f"{path}: only the first line is used, as kohya uses it ({dropped} more line(s) left out)"
+        warning = f"{warning}; {note}" if warning else note
+    return (lines[0].strip() if lines else ""), warning
+
+
+def is_blank_text(text: str) -> bool:
+    """Nothing but whitespace and separators (", , ,"): trains on nothing, so it counts as no caption."""
+    return not text.replace(",", " ").strip()
+
+
 # --- keys and files --------------------------------------------------------------------------------------------------
 
 
@@ -61,8 +78,9 @@ def image_key(image_path: Path, full_path: bool) -> str:
 
 
 def is_path_key(key: str) -> bool:
-    """A key written with --full_path (the image's path, extension included) rather than a file stem."""
-    return "/" in key or "\\" in key or Path(key).suffix.lower() in IMAGE_EXTENSIONS
+    """A key written with --full_path (the image's path, folder and extension included) rather than a file stem.
+    kohya's full-path keys always hold the folder; a stem may end like an extension (cat.jpg.png -> "cat.jpg")."""
+    return "/" in key or "\\" in key
 
 
 def check_key_style(metadata: Metadata, source: str | Path, full_path: bool) -> None:
@@ -97,9 +115,34 @@ def load_metadata(path: str | Path) -> Metadata:
         raise DatasetError(f"Metadata file not found: {path}") from e
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise DatasetError(f"Metadata file {path} is not valid JSON ({e}); fix or delete it.") from e
-    if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
-        raise DatasetError(f"Metadata file {path} is not a kohya metadata file ({{image_key: {{...}}}}).")
+    if not isinstance(data, dict):
+        raise DatasetError(
+            f"Metadata file {path} is not a kohya metadata file: its top level is a {type(data).__name__}, not an "
+            "object of {image_key: {caption, tags, train_resolution}}."
+        )
+    for key, entry in data.items():
+        problem = entry_problem(entry)
+        if problem:
+            raise DatasetError(f"Metadata file {path}, entry {shorten(key)}: {problem}. Fix it, or run merge again.")
     return data
+
+
+def entry_problem(entry: Any) -> str | None:
+    """What is wrong with one metadata entry's shape (kohya reads caption and tags as text, train_resolution as
+    [width, height]), or None."""
+    if not isinstance(entry, dict):
+        return f"a {type(entry).__name__}, not an object"
+    for name in ("caption", "tags"):
+        if name in entry and not isinstance(entry[name], str):
+            return f'"{name}" is a {type(entry[name]).__name__}, not text'
+    size = entry.get("train_resolution")
+    if "train_resolution" in entry and not (
+        isinstance(size, list)
+        and len(size) == 2
+        and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)
+    ):
+        return f'"train_resolution" is {shorten(size, 40)}, not [width, height] in pixels'
+    return None
 
 
 def check_recursive_keys(recursive: bool, full_path: bool) -> None:
@@ -282,10 +325,11 @@ def merge_captions_and_tags(
             if not text_path.is_file():
                 missing.append(path)
                 continue
-            text, warning = read_caption_file(text_path)
-            if not text:  # a blank file is no caption: merged as "" it would train on nothing, silently
+            text, warning = read_kohya_text(text_path)
+            if is_blank_text(text):  # a blank file is no caption: merged as "" it would train on nothing, silently
                 missing.append(path)
-                warning = f"{text_path} is empty (or only whitespace): counted as no {field_name}"
+                warning = f"{text_path} is empty (or only whitespace and commas): counted as no {field_name}"
+                text = ""
             if warning:
                 result.warnings.append(warning)
                 progress.message(f"warning: {warning}")

@@ -18,7 +18,7 @@ from PIL import Image
 
 from lib_sdtrain.dataset.images import ImageJobSummary, dataset_images, image_batches, images_to_process
 from lib_sdtrain.dataset.metadata import read_caption_file
-from lib_sdtrain.errors import ModelLoadError
+from lib_sdtrain.errors import ModelLoadError, shorten
 from lib_sdtrain.utils.files import atomic_write_text
 from lib_sdtrain.utils.progress import Progress
 
@@ -67,11 +67,29 @@ def find_tagger(model_dir: str | None = None, repo_id: str = DEFAULT_REPO) -> Ta
         model, tags = _download(repo_id, model_dir)
     if not tags.is_file():
         raise ModelLoadError(f"selected_tags.csv is missing beside {model}.")
-    with open(tags, encoding="utf-8", newline="") as f:
-        rows = list(csv.DictReader(f))
+    return Tagger(model, read_tag_list(tags))
+
+
+def read_tag_list(path: Path) -> list[tuple[str, int]]:
+    """(name, category) for each row of a WD14 selected_tags.csv; ModelLoadError naming the file, the row and what
+    is wrong (not UTF-8, no name/category columns, a category that is not a number)."""
+    expected = "a WD14 tag list (UTF-8, with the columns tag_id,name,category,count)"
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            rows = list(csv.DictReader(f))
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise ModelLoadError(f"{path} is not {expected}: {type(e).__name__} ({str(e)[:120]}).") from None
     if not rows or not {"name", "category"} <= set(rows[0]):
-        raise ModelLoadError(f"{tags} is not a WD14 tag list (expected the columns tag_id,name,category,count).")
-    return Tagger(model, [(row["name"], int(row["category"])) for row in rows])
+        found = ", ".join(str(c)[:40] for c in (rows[0] if rows else {})) or "no rows"
+        raise ModelLoadError(f"{path} is not {expected}; found: {found}.")
+    tags = []
+    for number, row in enumerate(rows, start=2):  # line 1 is the header
+        try:
+            tags.append((str(row["name"]), int(row["category"])))
+        except (TypeError, ValueError):
+            category = shorten(row["category"])
+            raise ModelLoadError(f"{path}, line {number}: category {category} is not a number.") from None
+    return tags
 
 
 def _download(repo_id: str, cache_dir: str | None) -> tuple[Path, Path]:
@@ -151,6 +169,11 @@ def tag_images(folder: str | Path, tagger: Tagger, options: TagOptions, progress
     for _, batch, pictures in image_batches(todo, options.batch_size, summary, progress):
         arrays = np.stack([prepare_image(picture, size) for picture in pictures])
         probs = session.run(None, {model_input.name: arrays})[0]
+        if probs.shape[-1] != len(tagger.tags):  # a tag list of another model, or cut short
+            raise ModelLoadError(
+                f"{tagger.model_path.parent / 'selected_tags.csv'} lists {len(tagger.tags)} tags, but "
+                f"{tagger.model_path.name} gives {probs.shape[-1]} scores: use the tag list that came with the model."
+            )
         for path, row in zip(batch, probs, strict=True):
             _write_tags(path, select_tags(row, tagger, options), options, progress)
             summary.written += 1

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lib_sdtrain.errors import ConfigError, InputError
+from lib_sdtrain.errors import ConfigError, DatasetError, InputError
 from lib_sdtrain.host.types import LOADED_CHECKPOINT
 from lib_sdtrain.jobs import access
 from lib_sdtrain.utils.path_kinds import MAX_TEXT_LENGTH, argument_kinds, is_hub_id
@@ -215,6 +215,13 @@ def _check_train(options: dict[str, Any]) -> Work:
         check_image_folder("train_data_dir", config.train_data_dir, recursive=True)
     elif not Path(config.in_json).is_file():
         raise InputError("in_json", f"The metadata file {config.in_json} does not exist; run Prepare first.")
+    else:
+        from lib_sdtrain.dataset.metadata import load_metadata
+
+        try:  # its shape now, not after the model loaded
+            load_metadata(config.in_json)
+        except DatasetError as e:
+            raise InputError("in_json", str(e)) from None
     from lib_sdtrain.train.state import state_exists
 
     if config.resume and not state_exists(config.resume):

@@ -17,7 +17,7 @@ from typing import Any
 from PIL import Image, ImageDraw, ImageFont
 
 from lib_sdtrain.dataset.images import MAX_IMAGE_PIXELS, dataset_images, report_chart_path, scan_images
-from lib_sdtrain.dataset.metadata import Metadata, check_recursive_keys, image_key, read_caption_file
+from lib_sdtrain.dataset.metadata import Metadata, check_recursive_keys, image_key, is_blank_text, read_kohya_text
 from lib_sdtrain.prepare.buckets import BucketAssigner, BucketSettings, Size
 from lib_sdtrain.prepare.scan import ImageRecord, inspect_image, prefetch
 from lib_sdtrain.utils.files import atomic_path, atomic_write_text
@@ -227,9 +227,9 @@ def build_report(
             if metadata is not None
             else _sidecar_entry(record.path, caption_extension, tag_extension, report.warnings)
         )
-        if not str(entry.get("caption") or "").strip():
+        if is_blank_text(str(entry.get("caption") or "")):
             report.without_caption.append(record.key)
-        if not str(entry.get("tags") or "").strip():
+        if is_blank_text(str(entry.get("tags") or "")):
             report.without_tags.append(record.key)
         tokens = counter.count(training_text(entry))
         if tokens > MAX_TOKENS:
@@ -242,7 +242,7 @@ def _sidecar_entry(image: Path, caption_extension: str, tag_extension: str, warn
     for name, extension in (("caption", caption_extension), ("tags", tag_extension)):
         path = image.with_suffix(extension)
         if path.is_file():
-            entry[name], warning = read_caption_file(path)
+            entry[name], warning = read_kohya_text(path)
             if warning:
                 warnings.append(warning)
     return entry

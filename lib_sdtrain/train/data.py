@@ -17,7 +17,6 @@ index), so an epoch is the same whether a run was resumed or not.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import re
 from collections.abc import Callable
@@ -28,7 +27,7 @@ import numpy as np
 import torch
 
 from lib_sdtrain.dataset.images import ImageLoadError, list_images, load_image_rgb
-from lib_sdtrain.dataset.metadata import read_caption_file
+from lib_sdtrain.dataset.metadata import load_metadata, read_caption_file
 from lib_sdtrain.errors import ConfigError, DatasetError
 from lib_sdtrain.prepare.buckets import BucketAssigner, BucketChoice, BucketSettings, resize_and_crop
 from lib_sdtrain.prepare.latents import flip_npz_path_for  # <stem>_flip.npz beside <stem>.npz or its image
@@ -226,10 +225,7 @@ def _metadata_items(
 ) -> list[TrainItem]:
     if not path.is_file():
         raise DatasetError(f"in_json not found: {path}. Run `sdtrain merge` (and `sdtrain buckets`) first.")
-    try:
-        metadata = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DatasetError(f"{path.name} is not valid JSON: {e}") from e
+    metadata = load_metadata(path)  # a clear message for a file of the wrong shape, naming the entry
     aug = augment or config
     _check_metadata_buckets(config, path, metadata)
     images = {p.stem: p for p in list_images(root)}

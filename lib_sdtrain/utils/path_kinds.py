@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 import re
+from collections.abc import Callable
+from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -74,10 +76,29 @@ def check_shape(name: str, value: Any, kind: PathKind) -> None:
 
 def add_argument(parser: argparse.ArgumentParser | argparse._ArgumentGroup, *flags: str, kind: PathKind,
                  **kwargs: Any) -> argparse.Action:  # fmt: skip
-    """parser.add_argument for a text option, recording what it holds (see kind_of)."""
+    """parser.add_argument for a text option, recording what it holds (see kind_of); its value's shape is checked
+    as it is parsed (check_shape), so the CLI says what is wrong instead of failing later."""
+    name = flags[0].lstrip("-")
+    kwargs["type"] = ShapeChecked(kind, name, kwargs.get("type") or str)
     action = parser.add_argument(*flags, **kwargs)
     action.path_kind = kind  # type: ignore[attr-defined]
     return action
+
+
+@dataclass(frozen=True)
+class ShapeChecked:
+    """An argparse `type` that runs check_shape, then converts (str or Path)."""
+
+    kind: PathKind
+    name: str
+    convert: Callable[[str], Any] = str
+
+    def __call__(self, value: str) -> Any:
+        try:
+            check_shape(self.name, value, self.kind)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+        return self.convert(value)
 
 
 def kind_of(action: argparse.Action) -> PathKind | None:
@@ -93,7 +114,7 @@ def takes_text(action: argparse.Action) -> bool:
         or isinstance(action, argparse._HelpAction | argparse._VersionAction)
     ):
         return False  # a flag, or a value from a fixed list (which is no path)
-    return action.type in (None, str, Path)
+    return action.type in (None, str, Path) or isinstance(action.type, ShapeChecked)
 
 
 def argument_kinds(parser: argparse.ArgumentParser) -> dict[str, PathKind]:

@@ -161,7 +161,8 @@ def test_a_blank_caption_counts_as_missing_with_a_warning(tmp_path):
     result = merge_to_file(folder, out, MergeOptions())
     assert result.captions == 1 and [p.name for p in result.missing_captions] == ["blank.png", "tabs.png"]
     assert [p.name for p in result.missing_tags] == ["blank.png", "fine.png", "tabs.png"]
-    assert any("blank.caption is empty (or only whitespace): counted as no caption" in w for w in result.warnings)
+    assert any("blank.caption is empty (or only whitespace and commas): counted as no caption" in w
+               for w in result.warnings)  # fmt: skip
     assert any("tabs.txt is empty" in w for w in result.warnings)
     assert json.loads(out.read_text()) == {"blank": {"caption": "kept from before"}, "fine": {"caption": "a cat"},
                                            "tabs": {}}  # fmt: skip
