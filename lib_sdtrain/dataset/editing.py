@@ -14,8 +14,8 @@ from pathlib import Path, PurePosixPath
 
 from lib_sdtrain.dataset.images import IMAGE_EXTENSIONS, list_images
 from lib_sdtrain.dataset.metadata import read_caption_file
-from lib_sdtrain.errors import DatasetError
-from lib_sdtrain.utils.files import atomic_path, atomic_write_text, check_safe_name
+from lib_sdtrain.errors import DatasetError, OutputError
+from lib_sdtrain.utils.files import atomic_path, atomic_write_text, check_safe_name, check_writable
 
 BULK_OPERATIONS = ("add to front", "add to end", "replace", "remove")
 
@@ -80,6 +80,7 @@ def save_entry(entry: Entry, caption: str, tags: str, caption_extension: str = "
     where there was no file writes nothing."""
     written = []
     new_tags = split_tags(tags)
+    check_writable_folder(entry.path.parent)  # both files or neither
     for extension, old, new in (
         (caption_extension, entry.caption, caption.strip()),
         (tag_extension, join_tags(entry.tags), join_tags(new_tags)),
@@ -87,7 +88,7 @@ def save_entry(entry: Entry, caption: str, tags: str, caption_extension: str = "
         path = entry.path.with_suffix(extension)
         if new == old and (path.is_file() or not new):
             continue
-        atomic_write_text(path, new + "\n" if new else "")
+        _write_text(path, new + "\n" if new else "")
         written.append(path)
     entry.caption, entry.tags = caption.strip(), new_tags
     return written
@@ -124,10 +125,30 @@ def plan_bulk_edit(entries: list[Entry], operation: str, tag: str, replacement: 
 
 
 def apply_bulk_edit(changes: list[BulkChange], tag_extension: str = ".txt") -> int:
+    for folder in sorted({change.entry.path.parent for change in changes}):  # all or nothing: check them first
+        check_writable_folder(folder)
     for change in changes:
-        atomic_write_text(change.entry.path.with_suffix(tag_extension), join_tags(change.new_tags) + "\n")
+        _write_text(change.entry.path.with_suffix(tag_extension), join_tags(change.new_tags) + "\n")
         change.entry.tags = change.new_tags
     return len(changes)
+
+
+def check_writable_folder(folder: Path) -> None:
+    try:
+        check_writable(folder, "the caption and tag files are saved beside the images")
+    except OutputError as e:
+        raise DatasetError(str(e)) from None
+
+
+def _write_text(path: Path, text: str) -> None:
+    """A caption or tag file, atomically (the old one stays whole if this fails); a DatasetError naming the folder."""
+    try:
+        atomic_write_text(path, text)
+    except OSError as e:
+        raise DatasetError(
+            f"Could not save {path.name} in {path.parent} ({e.strerror or e}). Nothing was changed in that file: "
+            "make the folder writable (or free some space) and save again."
+        ) from None
 
 
 @dataclass

@@ -80,9 +80,16 @@ def run_inspect(args: argparse.Namespace) -> int:
 def run_convert(args: argparse.Namespace) -> int:
     import torch
 
+    from lib_sdtrain.errors import OutputError
     from lib_sdtrain.models.saving import save_sd_checkpoint
+    from lib_sdtrain.utils.files import check_writable
 
+    output = Path(args.output)
+    check_writable(output.parent, f"{output.name} is written there")  # before the model loads, not after
     model = _load(args)
-    path = save_sd_checkpoint(model, args.output, dtype=getattr(torch, DTYPES[args.save_precision]))
+    try:
+        path = save_sd_checkpoint(model, output, dtype=getattr(torch, DTYPES[args.save_precision]))
+    except OSError as e:  # a disk that filled up meanwhile; the atomic write leaves no partial file
+        raise OutputError(f"Could not write {output.name} in {output.parent}: {e.strerror or e}.") from None
     print(f"saved {path} ({path.stat().st_size / 2**20:.1f} MiB)")
     return 0

@@ -26,7 +26,7 @@ from PIL import Image
 
 from lib_sdtrain.dataset.images import MAX_IMAGE_PIXELS, ImageListing, dataset_images
 from lib_sdtrain.dataset.metadata import Metadata, check_key_style, check_recursive_keys, image_key, load_metadata
-from lib_sdtrain.errors import Cancelled, DatasetError
+from lib_sdtrain.errors import Cancelled, DatasetError, OutputError
 from lib_sdtrain.prepare.buckets import BucketAssigner, BucketSettings, Size, crop_ltrb
 from lib_sdtrain.prepare.scan import ImageRecord, inspect_image, prefetch
 from lib_sdtrain.utils.files import atomic_path, atomic_write_json, check_writable
@@ -230,6 +230,12 @@ def cache_latents(
             f"Cancelled: {result.encoded} latent files were written and kept; {out_json} was not changed. "
             "Run again with --skip_existing to continue."
         ) from e
+    except OSError as e:  # a full disk: each .npz is written atomically, so none is left half-written
+        folder = Path(e.filename).parent if e.filename else Path(train_dir)
+        raise OutputError(
+            f"Could not write the latents in {folder} ({e.strerror or e}): {result.encoded} latent files were "
+            f"written and kept; {out_json} was not changed. Free some space, then run again with --skip_existing."
+        ) from None
     finally:
         progress.finish()
 
@@ -238,7 +244,13 @@ def cache_latents(
     for record in result.records:
         if record.error is not None and record.key not in used_keys:
             metadata.pop(record.key, None)
-    atomic_write_json(out_json, metadata, indent=2)
+    try:
+        atomic_write_json(out_json, metadata, indent=2)
+    except OSError as e:
+        raise OutputError(
+            f"Could not write {Path(out_json).name} in {Path(out_json).parent} ({e.strerror or e}); the latent files "
+            "are written and kept. Free some space, then run again with --skip_existing."
+        ) from None
     return result
 
 

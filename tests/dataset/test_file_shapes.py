@@ -24,7 +24,7 @@ from tests.dataset.test_tagging import TAGS
     [
         ([{"caption": "a"}], "its top level is a list, not an object"),
         ({"cat": ["a cat"]}, "entry 'cat': a list, not an object"),
-        ({"cat": {"caption": 3}}, 'entry \'cat\': "caption" is a int, not text'),
+        ({"cat": {"caption": 3}}, "entry 'cat': \"caption\" is a int, not text"),
         ({"cat": {"tags": ["a", "b"]}}, '"tags" is a list, not text'),
         ({"cat": {"train_resolution": "512,512"}}, "\"train_resolution\" is '512,512', not \\[width, height\\]"),
         ({"cat": {"train_resolution": [512]}}, '"train_resolution" is \\[512\\], not'),
