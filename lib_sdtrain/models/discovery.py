@@ -22,8 +22,14 @@ def _walk(root: Path, depth: int = 0) -> Iterable[Path]:
         if child.name.startswith("."):
             continue
         yield child
-        if child.is_dir() and not (child / "model_index.json").is_file():
+        if child.is_dir() and not _is_model_folder(child):
             yield from _walk(child, depth + 1)
+
+
+def _is_model_folder(folder: Path) -> bool:
+    """A diffusers or transformers model folder: listed as one model, never searched for checkpoint files (a BLIP
+    folder's model.safetensors is not an SD checkpoint)."""
+    return (folder / "model_index.json").is_file() or (folder / "config.json").is_file()
 
 
 def _read_json(path: Path) -> dict:
