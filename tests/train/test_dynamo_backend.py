@@ -11,6 +11,7 @@ from lib_sdtrain.utils.progress import CallbackProgress
 from tests.train.test_training import config_for
 
 
+@pytest.mark.slow  # tracing the UNet takes half a minute on two cores; the fallback and refusal tests stay default
 def test_the_eager_backend_trains_through_torch_compile_with_the_same_losses(tiny_sd_dir, sks_dataset, tmp_path):
     compiled = Trainer(config_for(tiny_sd_dir, sks_dataset, tmp_path / "a", max_train_steps=2, dynamo_backend="EAGER"),
                        None, None)  # fmt: skip
