@@ -6,7 +6,7 @@ anywhere, the WebUI (whose torch.load checker rejects torch's own files) include
     optimizer.safetensors   the optimizer's state dict: its tensors, with the rest of the dict (param ids, groups,
                             numbers) as JSON in the file's metadata
     scheduler.safetensors   the LR scheduler's state dict, the same way
-    rng.safetensors         the CPU's, the CUDA device's (when present) and the run's generators
+    rng.safetensors         the CPU's, the CUDA device's (when present), the run's, Python's and NumPy's generators
     scaler.safetensors      fp16 only: the GradScaler's scale and growth tracker
     train_state.json        step, epoch, batch position; written last, so a folder holding it is complete
 States written by SD-Train before this format (optimizer.pt, ...) are read with the weights-only unpickler.
@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import shutil
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
@@ -57,7 +59,7 @@ class LoadedState:
     trainable: dict[str, torch.Tensor]
     optimizer: dict
     scheduler: dict
-    rng: dict[str, torch.Tensor]
+    rng: dict[str, Any]
     scaler: dict | None
     position: Position
     folder: Path
@@ -133,22 +135,32 @@ def _sibling(folder: Path, suffix: str) -> Path:
     return folder.with_name(f"{folder.name}.{suffix}")
 
 
-def rng_state(generators: dict[str, torch.Generator]) -> dict[str, torch.Tensor]:
+def rng_state(generators: dict[str, torch.Generator]) -> dict[str, Any]:
     """The random states a resume needs: the CPU's, the current CUDA device's when there is one (LoRA dropout on
-    a GPU draws from it), and the run's own generators."""
-    rng = {"torch": torch.get_rng_state(), **{f"gen_{k}": g.get_state() for k, g in generators.items()}}
+    a GPU draws from it), the run's own generators, and Python's and NumPy's (which libraries may draw from)."""
+    rng: dict[str, Any] = {"torch": torch.get_rng_state(), **{f"gen_{k}": g.get_state() for k, g in generators.items()}}
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state()
+    rng["python"] = random.getstate()
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    rng["numpy"] = (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss)
     return rng
 
 
-def restore_rng(rng: dict[str, torch.Tensor], generators: dict[str, torch.Generator]) -> None:
-    """Put back what rng_state saved; a state written without CUDA (or by an older version) leaves CUDA's as is."""
+def restore_rng(rng: dict[str, Any], generators: dict[str, torch.Generator]) -> None:
+    """Put back what rng_state saved; a state without CUDA's, Python's or NumPy's (written on a CPU, or by an older
+    version) leaves those as they are."""
     torch.set_rng_state(rng["torch"])
     for name, generator in generators.items():
         generator.set_state(rng[f"gen_{name}"])
     if "cuda" in rng and torch.cuda.is_available():
         torch.cuda.set_rng_state(rng["cuda"])
+    if "python" in rng:
+        version, internal, gauss = rng["python"]
+        random.setstate((version, tuple(internal), gauss))
+    if "numpy" in rng:
+        kind, keys, pos, has_gauss, gauss = rng["numpy"]
+        np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
 
 
 def load_state(folder: str | Path) -> LoadedState:
@@ -156,7 +168,9 @@ def load_state(folder: str | Path) -> LoadedState:
     folder = Path(folder)
     note = recover_state(folder)
     if not folder.is_dir():
-        raise SDTrainError(f"Cannot resume: the state folder {folder} does not exist.")
+        leftovers = [p.name for p in (_sibling(folder, "tmp"), _sibling(folder, "old")) if p.exists()]
+        found = f" (only {' and '.join(leftovers)}, incomplete: a save that was cut short)" if leftovers else ""
+        raise SDTrainError(f"Cannot resume: the state folder {folder} does not exist{found}.")
     missing = [name for name in ("trainable.safetensors", COMPLETE_MARKER) if not (folder / name).is_file()]
     missing += [f"{part}.safetensors" for part in PARTS if _part_file(folder, part) is None]
     if missing:

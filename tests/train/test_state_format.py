@@ -4,16 +4,18 @@ the two renames of a save loses nothing, and a damaged or mismatched state is na
 from __future__ import annotations
 
 import math
+import random
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from lib_sdtrain.errors import SDTrainError
 from lib_sdtrain.train.loop import Trainer
 from lib_sdtrain.train.run import list_states
-from lib_sdtrain.train.state import Position, load_state, load_tree, save_state, save_tree
+from lib_sdtrain.train.state import Position, load_state, load_tree, restore_rng, save_state, save_tree
 from tests.train.test_training import config_for
 
 
@@ -89,6 +91,32 @@ def test_a_crash_between_the_renames_loses_nothing_and_the_next_save_recovers(tm
     assert state.position.step == 2 and "from sks-state.tmp" in state.note
     save_one(folder, 3)  # and the next save goes on from there
     assert load_state(folder).position.step == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sks-state"]
+
+
+def test_python_and_numpy_random_states_come_back(tmp_path):
+    random.seed(1)
+    np.random.seed(2)
+    random.gauss(0, 1)  # so Python's state holds a cached gaussian too
+    folder = save_one(tmp_path / "sks-state", 1)
+    expected = (random.random(), random.gauss(0, 1), np.random.rand(), np.random.randn())
+    random.seed(99)
+    np.random.seed(99)
+    restore_rng(load_state(folder).rng, {"noise": torch.Generator()})
+    assert (random.random(), random.gauss(0, 1), np.random.rand(), np.random.randn()) == expected
+
+
+def test_only_the_previous_copy_left_is_put_back_and_incomplete_leftovers_are_named(tmp_path):
+    folder = save_one(tmp_path / "sks-state", 1)
+    folder.rename(tmp_path / "sks-state.old")  # a crash after the first rename, and the new copy lost
+    state = load_state(folder)
+    assert state.position.step == 1 and "from sks-state.old (the previous save)" in state.note
+
+    shutil.rmtree(folder)
+    (tmp_path / "sks-state.tmp").mkdir()  # a save cut while writing: no train_state.json yet
+    with pytest.raises(SDTrainError, match=r"sks-state does not exist \(only sks-state\.tmp, incomplete"):
+        load_state(folder)
+    save_one(folder, 2)  # the next save replaces the incomplete copy
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sks-state"]
 
 
