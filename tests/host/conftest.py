@@ -44,12 +44,15 @@ class StubWebUI:
 def start_webui(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., StubWebUI]]:
     """start_webui("--listen ...", lora=True) imports the stand-in `modules` as the WebUI would have them after
     startup (SD-Train's preload.py applied, the built-in Lora's `networks` loaded unless lora=False), with its data
-    folder in tmp_path. Everything is removed from sys.modules and sys.path afterwards."""
+    folder in tmp_path, and torch.load replaced by modules/safe.py's checker. Everything is removed from sys.modules
+    and sys.path, and torch.load restored, afterwards."""
     saved = {name: module for name, module in sys.modules.items() if _is_webui_module(name)}
+    torch_load = torch.load
 
     def start(args: str = "", lora: bool = True) -> StubWebUI:
         for name in [n for n in sys.modules if _is_webui_module(n)]:
             del sys.modules[name]
+        torch.load = torch_load  # a second start wraps the real torch.load, not the previous start's checker
         data_dir = tmp_path / "webui"
         monkeypatch.setenv("SDTRAIN_STUB_ARGS", f"--data-dir {shlex.quote(str(data_dir))} {args}")
         monkeypatch.setenv("SDTRAIN_STUB_PRELOADS", str(ROOT / "preload.py"))
@@ -75,9 +78,8 @@ def start_webui(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Cal
             networks=networks,
         )
 
-    torch_load = torch.load
     yield start
-    torch.load = torch_load
+    torch.load = torch_load  # the stand-in's modules/safe.py replaced it
     for name in [n for n in sys.modules if _is_webui_module(n)]:
         del sys.modules[name]
     sys.modules.update(saved)

@@ -7,6 +7,8 @@ from __future__ import annotations
 import os
 import pickle
 import shutil
+import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -35,30 +37,67 @@ def images(tmp_path: Path) -> Path:
     return folder
 
 
-def test_the_stand_in_refuses_what_the_webui_refuses(webui, tmp_path):
+def _without_new_entries(path: Path) -> Path:
+    """The file as torch before 2.x wrote it: no .format_version (nor .storage_alignment) entry."""
+    old = path.with_name("old-" + path.name)
+    with zipfile.ZipFile(path) as source, zipfile.ZipFile(old, "w") as target:
+        for name in source.namelist():
+            if not name.endswith((".format_version", ".storage_alignment")):
+                target.writestr(name, source.read(name))
+    return old
+
+
+class Evil:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_the_stand_in_refuses_what_the_webui_refuses(webui, tmp_path, capsys):
     path = tmp_path / "x.pt"
     torch.save({"w": torch.ones(2)}, path)
     assert torch.load(path) is None  # current torch writes .format_version: the WebUI's checker refuses it
+    assert f"Error verifying pickled file from {path}" in capsys.readouterr().err
+    assert torch.equal(torch.load(_without_new_entries(path))["w"], torch.ones(2))  # what it was written for
+
+    marker = tmp_path / "ran"
+    torch.save({"x": Evil(marker)}, tmp_path / "evil.pt", _use_new_zipfile_serialization=False)
+    assert torch.load(tmp_path / "evil.pt") is None and not marker.exists()
+    assert "The file may be malicious" in capsys.readouterr().err
+
+
+def test_the_stand_in_is_off_with_disable_safe_unpickle_and_gone_after_the_test(start_webui, tmp_path):
+    real_load = torch.load
+    start_webui("--disable-safe-unpickle")
+    assert torch.load is not real_load
+    torch.save({"w": torch.ones(2)}, tmp_path / "x.pt")
+    assert torch.equal(torch.load(tmp_path / "x.pt")["w"], torch.ones(2))
+    start_webui()  # started again: one checker, wrapping the real torch.load
+    assert sys.modules["modules.safe"].unsafe_torch_load is real_load
+
+
+def _train(model: Path, dataset: dict, out: Path, steps: int, **options) -> dict:
+    """A LoRA trained in the stand-in WebUI's job runner, one image per step (fast), until it stops."""
+    settings = train_settings(model, dataset, out, max_train_steps=steps, train_batch_size=1, **options)
+    snap = finished(runner().start("train", settings))
+    assert snap["status"] == DONE, snap["error"]
+    return snap
 
 
 def test_resume_works_inside_the_webui(webui, tiny_sd_dir, sks_dataset, tmp_path):
     out = tmp_path / "out"
-    first = runner().start("train", train_settings(tiny_sd_dir, sks_dataset, out, max_train_steps=2, save_state=True))
-    assert finished(first)["status"] == DONE, first.error
+    _train(tiny_sd_dir, sks_dataset, out, 1, save_state=True)
     assert not list((out / "sks-state").glob("*.pt"))  # no pickle in a state
-    resumed = runner().start(
-        "train", train_settings(tiny_sd_dir, sks_dataset, out, max_train_steps=4, resume=str(out / "sks-state"))
-    )
-    snap = finished(resumed)
-    assert snap["status"] == DONE, snap["error"]
-    assert snap["done"] == 4 and any("at step 2." in line for line in snap["log"] if "Resumed" in line)
+    snap = _train(tiny_sd_dir, sks_dataset, out, 2, resume=str(out / "sks-state"))
+    assert snap["done"] == 2 and any("at step 1." in line for line in snap["log"] if "Resumed" in line)
 
 
 def test_a_state_from_before_this_format_still_resumes_inside_the_webui(webui, tiny_sd_dir, sks_dataset, tmp_path):
     """States saved by earlier versions hold optimizer.pt, scheduler.pt and rng.pt."""
     out = tmp_path / "out"
-    first = runner().start("train", train_settings(tiny_sd_dir, sks_dataset, out, max_train_steps=2, save_state=True))
-    assert finished(first)["status"] == DONE
+    _train(tiny_sd_dir, sks_dataset, out, 1, save_state=True)
     state = load_state(out / "sks-state")
     legacy = tmp_path / "legacy-state"
     legacy.mkdir()
@@ -66,24 +105,18 @@ def test_a_state_from_before_this_format_still_resumes_inside_the_webui(webui, t
     shutil.copy(out / "sks-state" / "train_state.json", legacy)
     for part in ("optimizer", "scheduler", "rng"):
         torch.serialization.save(getattr(state, part), legacy / f"{part}.pt")
-    resumed = runner().start("train", train_settings(tiny_sd_dir, sks_dataset, out, max_train_steps=3,
-                                                      resume=str(legacy)))  # fmt: skip
-    assert finished(resumed)["status"] == DONE, resumed.error
+    snap = _train(tiny_sd_dir, sks_dataset, out, 2, resume=str(legacy))
+    assert any(f"Resumed from {legacy} at step 1." in line for line in snap["log"])
 
 
 def test_a_malicious_pickle_in_a_state_is_refused_naming_it(webui, tmp_path):
     marker = tmp_path / "ran"
-
-    class Evil:
-        def __reduce__(self):
-            return os.system, (f"touch {marker}",)
-
     state = tmp_path / "evil-state"
     state.mkdir()
     save_file({"a": torch.zeros(1)}, str(state / "trainable.safetensors"))
     (state / "train_state.json").write_text('{"step": 1, "epoch": 0, "batch": 1}')
     for part in ("optimizer", "scheduler", "rng"):
-        contents = {"x": Evil()} if part == "optimizer" else {}
+        contents = {"x": Evil(marker)} if part == "optimizer" else {}
         torch.serialization.save(contents, state / f"{part}.pt", pickle_module=pickle)
     with pytest.raises(SDTrainError, match=r"evil-state: Refusing to load optimizer\.pt"):
         load_state(state)
@@ -102,6 +135,14 @@ def test_captioning_with_the_demo_blip_and_with_a_bin_folder_inside_the_webui(we
     model = load_blip(str(demo), device="cpu").model
     torch.serialization.save(model.state_dict(), old_style / "pytorch_model.bin")
     assert caption_images(images, load_blip(str(old_style), device="cpu"), OPTIONS).written == 1
+    assert (images / "a.caption").read_text() == expected
+
+    sharded = tmp_path / "sharded-blip"
+    shutil.copytree(old_style, sharded)
+    (sharded / "pytorch_model.bin").unlink()
+    model.save_pretrained(sharded, safe_serialization=False, max_shard_size="200KB")
+    assert (sharded / "pytorch_model.bin.index.json").is_file()
+    assert caption_images(images, load_blip(str(sharded), device="cpu"), OPTIONS).written == 1
     assert (images / "a.caption").read_text() == expected
 
 
