@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -10,18 +11,27 @@ from typing import Any
 from lib_sdtrain.errors import SDTrainError
 
 
-def message_html(text: str, kind: str = "info") -> str:
-    """A message under a form: kind is info, ok or error."""
+def message_html(text: str, kind: str = "info", field: str = "") -> str:
+    """A message under a form: kind is info, ok or error. A message about one `field` is also shown beside that
+    field by javascript/sdtrain.js (the component whose elem_classes hold field_classes(field))."""
     if not text:
         return ""
-    return f'<div class="sdtrain-message sdtrain-{kind}">{html.escape(text).replace(chr(10), "<br>")}</div>'
+    # data-shown makes each such message new HTML, so the page shows the note again for the same error
+    about = f' data-field="{html.escape(field)}" data-shown="{time.monotonic_ns()}"' if field else ""
+    return f'<div class="sdtrain-message sdtrain-{kind}"{about}>{html.escape(text).replace(chr(10), "<br>")}</div>'
+
+
+def field_classes(*names: str) -> list[str]:
+    """elem_classes marking a component as the field for these option names, so an error naming one of them is
+    shown beside it."""
+    return [f"sdtrain-field-{name}" for name in names]
 
 
 def error_for(e: Exception) -> str:
     """The message of an expected error, with the field at fault first when the error names one."""
     field = getattr(e, "field", "")
     text = str(e) if isinstance(e, SDTrainError | ValueError) else f"{type(e).__name__}: {e}"
-    return message_html(f"{field}: {text}" if field and not text.startswith(field) else text, "error")
+    return message_html(f"{field}: {text}" if field and not text.startswith(field) else text, "error", field)
 
 
 def start_job(kind: str, options: Callable[[], dict[str, Any]], note: str = "") -> str:

@@ -12,8 +12,9 @@ import gradio as gr
 from lib_sdtrain.dataset import editing
 from lib_sdtrain.dataset.captioning import DEFAULT_BLIP
 from lib_sdtrain.dataset.tagging import DEFAULT_REPO
+from lib_sdtrain.errors import InputError, SDTrainError
 from lib_sdtrain.models import discovery
-from lib_sdtrain.ui.common import error_for, message_html, resolve_folder, start_job, subfolders
+from lib_sdtrain.ui.common import error_for, field_classes, message_html, resolve_folder, start_job, subfolders
 
 PAGE_SIZE = 24
 CAPTION_EXT, TAG_EXT = ".caption", ".txt"
@@ -37,10 +38,13 @@ class DatasetControls:
 def folder_path(host, value: str) -> Path:
     """The folder a user chose, checked against the host's access rule (--listen confines it)."""
     if not value:
-        raise editing.DatasetError("Choose a dataset folder, or upload images into a new one.")
-    path = host.check_path_allowed(resolve_folder(value, host.dataset_dir()), "dataset folder")
+        raise InputError("train_data_dir", "Choose a dataset folder, or upload images into a new one.")
+    try:
+        path = host.check_path_allowed(resolve_folder(value, host.dataset_dir()), "dataset folder")
+    except SDTrainError as e:
+        raise InputError("train_data_dir", str(e)) from None
     if not path.is_dir():
-        raise editing.DatasetError(f"The folder {path} does not exist.")
+        raise InputError("train_data_dir", f"The folder {path} does not exist.")
     return path
 
 
@@ -196,6 +200,7 @@ def build(host) -> DatasetControls:
         folder = gr.Dropdown(
             label="Dataset folder", choices=subfolders(host.dataset_dir()), allow_custom_value=True, scale=4,
             info=f"a folder under {host.dataset_dir()}, or type a path", elem_id="sdtrain_dataset_folder",
+            elem_classes=field_classes("train_data_dir"),
         )  # fmt: skip
         refresh_folders = gr.Button("↻", elem_classes=["sdtrain-tool"], scale=0, min_width=40)
         load = gr.Button("Load", variant="primary", scale=1, elem_id="sdtrain_dataset_load")
@@ -213,27 +218,55 @@ def build(host) -> DatasetControls:
     with gr.Row():
         with gr.Column(variant="panel"):
             blip = gr.Dropdown(label="BLIP model", choices=blip_choices(host), value=blip_choices(host)[0],
-                               allow_custom_value=True, elem_id="sdtrain_blip")  # fmt: skip
+                               allow_custom_value=True, elem_id="sdtrain_blip",
+                               elem_classes=field_classes("caption_weights"))  # fmt: skip
             with gr.Row():
                 beam = gr.Checkbox(label="Beam search", value=True)
                 overwrite_captions = gr.Checkbox(label="Overwrite existing captions", value=False)
             with gr.Accordion("Caption options", open=False):
-                caption_batch = gr.Number(label="Batch size", value=1, precision=0)
-                num_beams = gr.Number(label="Beams", value=3, precision=0)
-                top_p = gr.Slider(label="top_p (sampling)", minimum=0, maximum=1, value=0.9, step=0.05)
-                min_length = gr.Number(label="Min length", value=5, precision=0)
-                max_length = gr.Number(label="Max length", value=75, precision=0)
+                caption_batch = gr.Number(
+                    label="Batch size", value=1, precision=0, elem_classes=field_classes("batch_size")
+                )
+                num_beams = gr.Number(label="Beams", value=3, precision=0, elem_classes=field_classes("num_beams"))
+                top_p = gr.Slider(
+                    label="top_p (sampling)",
+                    minimum=0,
+                    maximum=1,
+                    value=0.9,
+                    step=0.05,
+                    elem_classes=field_classes("top_p"),
+                )
+                min_length = gr.Number(
+                    label="Min length", value=5, precision=0, elem_classes=field_classes("min_length")
+                )
+                max_length = gr.Number(
+                    label="Max length", value=75, precision=0, elem_classes=field_classes("max_length")
+                )
             caption_button = gr.Button("Caption (BLIP)", variant="primary", elem_id="sdtrain_caption")
         with gr.Column(variant="panel"):
             tagger = gr.Dropdown(label="WD14 tagger", choices=tagger_choices(host), value=tagger_choices(host)[0],
-                                 allow_custom_value=True, elem_id="sdtrain_tagger")  # fmt: skip
+                                 allow_custom_value=True, elem_id="sdtrain_tagger",
+                                 elem_classes=field_classes("model_dir", "repo_id"))  # fmt: skip
             with gr.Row():
-                thresh = gr.Slider(label="Threshold", minimum=0.05, maximum=0.95, value=0.35, step=0.05)
+                thresh = gr.Slider(
+                    label="Threshold",
+                    minimum=0.05,
+                    maximum=0.95,
+                    value=0.35,
+                    step=0.05,
+                    elem_classes=field_classes("thresh"),
+                )
                 underscores = gr.Checkbox(label="Spaces for underscores", value=True)
             with gr.Accordion("Tag options", open=False):
                 existing = gr.Radio(["keep", "append", "overwrite"], value="keep", label="Existing tag files")
-                character_threshold = gr.Number(label="Character threshold (empty: the threshold)", value=None)
-                undesired = gr.Textbox(label="Never write these tags (comma-separated)")
+                character_threshold = gr.Number(
+                    label="Character threshold (empty: the threshold)",
+                    value=None,
+                    elem_classes=field_classes("character_threshold"),
+                )
+                undesired = gr.Textbox(
+                    label="Never write these tags (comma-separated)", elem_classes=field_classes("undesired_tags")
+                )
                 rating = gr.Checkbox(label="Rating tag first", value=False)
             tag_button = gr.Button("Tag (WD14)", variant="primary", elem_id="sdtrain_tag")
     message = gr.HTML(elem_id="sdtrain_dataset_message")

@@ -10,6 +10,7 @@ from typing import Any
 import gradio as gr
 
 from lib_sdtrain.train.options import Option
+from lib_sdtrain.ui.common import field_classes
 
 
 def _shown(value: Any) -> Any:
@@ -18,7 +19,8 @@ def _shown(value: Any) -> Any:
 
 def make_component(option: Option, **kwargs: Any) -> gr.components.Component:
     value = kwargs.pop("value", option.default)
-    common = {"label": option.name, "info": option.help, "elem_id": f"sdtrain_opt_{option.name}", **kwargs}
+    common = {"label": option.name, "info": option.help, "elem_id": f"sdtrain_opt_{option.name}",
+              "elem_classes": field_classes(option.name), **kwargs}  # fmt: skip
     if option.type is bool:
         return gr.Checkbox(value=bool(value), **common)
     if option.choices:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import gradio as gr
 
-from lib_sdtrain.ui.common import start_job
+from lib_sdtrain.ui.common import field_classes, start_job
 from lib_sdtrain.ui.dataset_tab import folder_path
 
 
@@ -57,19 +57,29 @@ def build(host, folder: gr.Dropdown, model_choices: list[str]) -> PrepareControl
         model = gr.Dropdown(
             label="Model (its VAE encodes the latents)", choices=model_choices,
             value=model_choices[0] if model_choices else None, allow_custom_value=True, scale=3,
-            elem_id="sdtrain_prepare_model",
+            elem_id="sdtrain_prepare_model", elem_classes=field_classes("model"),
         )  # fmt: skip
-        resolution = gr.Textbox(label="Max resolution (W,H)", value="512,512", scale=1, elem_id="sdtrain_prepare_reso")
+        resolution = gr.Textbox(
+            label="Max resolution (W,H)",
+            value="512,512",
+            scale=1,
+            elem_id="sdtrain_prepare_reso",
+            elem_classes=field_classes("max_resolution"),
+        )
         precision = gr.Radio(["no", "fp16", "bf16"], value="no", label="VAE precision", scale=1)
     with gr.Row():
-        batch_size = gr.Number(label="Batch size", value=4, precision=0)
+        batch_size = gr.Number(label="Batch size", value=4, precision=0, elem_classes=field_classes("batch_size"))
         flip_aug = gr.Checkbox(label="Also cache flipped latents (flip_aug)", value=False)
         clean = gr.Checkbox(label="Clean captions and tags (kohya's rules)", value=False)
         skip_existing = gr.Checkbox(label="Keep latents that are already cached", value=True)
     with gr.Accordion("Bucket options", open=False), gr.Row():
-        min_reso = gr.Number(label="Smallest bucket side", value=256, precision=0)
-        max_reso = gr.Number(label="Largest bucket side", value=1024, precision=0)
-        steps = gr.Number(label="Bucket step", value=64, precision=0)
+        min_reso = gr.Number(
+            label="Smallest bucket side", value=256, precision=0, elem_classes=field_classes("min_bucket_reso")
+        )
+        max_reso = gr.Number(
+            label="Largest bucket side", value=1024, precision=0, elem_classes=field_classes("max_bucket_reso")
+        )
+        steps = gr.Number(label="Bucket step", value=64, precision=0, elem_classes=field_classes("bucket_reso_steps"))
         no_upscale = gr.Checkbox(label="Never enlarge (bucket_no_upscale)", value=False)
     button = gr.Button("Prepare the dataset", variant="primary", elem_id="sdtrain_prepare")
     message = gr.HTML(elem_id="sdtrain_prepare_message")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import tempfile
@@ -11,6 +12,7 @@ from pathlib import Path
 import lib_sdtrain
 
 STYLE_CSS = Path(lib_sdtrain.__file__).resolve().parent.parent / "style.css"
+PAGE_JS = STYLE_CSS.with_name("javascript") / "sdtrain.js"
 
 
 @dataclass
@@ -58,8 +60,20 @@ def create_app(settings: AppSettings):
     host = configure_host(settings)
     css = STYLE_CSS.read_text(encoding="utf-8") if STYLE_CSS.is_file() else None
     blocks = build_ui(host, css=css)
+    with blocks:  # the WebUI adds javascript/*.js to its page; Gradio 3.41 has no such option, so the page does it
+        blocks.load(None, None, None, _js=page_script())
     blocks.queue(concurrency_count=8, api_open=False)
     return blocks, host
+
+
+def page_script() -> str:
+    """A Gradio `_js` function that adds javascript/sdtrain.js to the page once, as a script of its own (so its
+    functions are global, as in the WebUI)."""
+    source = PAGE_JS.read_text(encoding="utf-8") if PAGE_JS.is_file() else ""
+    return (
+        "() => { if (!document.getElementById('sdtrain-page-js')) { const s = document.createElement('script'); "
+        f"s.id = 'sdtrain-page-js'; s.textContent = {json.dumps(source)}; document.head.appendChild(s); }} }}"
+    )
 
 
 def gradio_temp_dir() -> Path:

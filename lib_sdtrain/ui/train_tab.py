@@ -15,7 +15,7 @@ from lib_sdtrain.jobs import runner
 from lib_sdtrain.train import presets
 from lib_sdtrain.train.options import CATEGORIES, OPTIONS, config_to_toml
 from lib_sdtrain.train.run import list_run_configs, list_states
-from lib_sdtrain.ui.common import error_for, message_html, resolve_folder
+from lib_sdtrain.ui.common import error_for, field_classes, message_html, resolve_folder
 from lib_sdtrain.ui.option_form import OptionForm
 
 MODES = ("LoRA", "LoCon (LoRA + 3x3 convolutions)", "Full fine-tune")
@@ -148,6 +148,7 @@ def build(host, dataset_folder, lora_name, trigger_word, model_choices: list[str
             form.components[base.name] = gr.Dropdown(  # the host's models to pick from, or a typed path / hub id
                 choices=model_choices, value=model_choices[0] if model_choices else "", allow_custom_value=True,
                 label=base.name, info=base.help, scale=3, elem_id=f"sdtrain_opt_{base.name}",
+                elem_classes=field_classes(base.name),
             )  # fmt: skip
         common = [o for o in form.options if o.common and o.name not in LEADING]
         with gr.Row():
@@ -160,7 +161,7 @@ def build(host, dataset_folder, lora_name, trigger_word, model_choices: list[str
                     form.build(option, **({"value": initial[option.name]} if option.name in initial else {}))
         prompts = gr.Textbox(
             label="Sample prompts (one per line, kohya's syntax: a prompt --n negative --w 512 --h 512 --d seed)",
-            lines=2, elem_id="sdtrain_sample_prompts",
+            lines=2, elem_id="sdtrain_sample_prompts", elem_classes=field_classes("sample_prompts"),
         )  # fmt: skip
 
     with gr.Accordion("Advanced: every other option", open=False, elem_id="sdtrain_advanced"):

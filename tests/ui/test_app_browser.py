@@ -238,3 +238,46 @@ def test_cancel_a_run_then_resume_it(app, page, shot):
     wait_text(page, "#sdtrain_config_message", "my-demo.toml")
     assert "network_dim = 8" in (app.home / "outputs" / "sd-train" / "presets" / "my-demo.toml").read_text()
     shot(page, "config-loaded")
+
+
+def note_of(page, field_name: str):
+    return page.locator(f".sdtrain-field-{field_name} > .sdtrain-field-note")
+
+
+def test_an_error_about_a_field_is_shown_beside_it(app, page, shot):
+    """Each tab's refusal names its field under the form and beside the field itself, opening a collapsed section
+    to show it; editing the field, or the next message, takes the note away."""
+    page.goto(app.url)
+    field(page, "sdtrain_dataset_folder").fill("no-such-folder")
+    field(page, "sdtrain_dataset_folder").press("Enter")  # a typed value of a Gradio 3.41 dropdown
+    page.click("#sdtrain_caption")
+    wait_text(page, "#sdtrain_dataset_message", "does not exist")
+    note = note_of(page, "train_data_dir")
+    note.wait_for(state="visible")
+    assert "no-such-folder does not exist" in note.inner_text()
+    assert page.locator("#sdtrain_dataset_folder.sdtrain-field-invalid").count() == 1
+    field(page, "sdtrain_dataset_folder").type("x")  # editing the field takes its note away
+    note.wait_for(state="detached")
+
+    open_tab(page, "3. Train")
+    set_value(page, "sdtrain_opt_max_train_epochs", -3)
+    page.click("#sdtrain_check")
+    note = note_of(page, "max_train_epochs")
+    note.wait_for(state="visible")
+    assert "max_train_epochs" in note.inner_text() and "1 or more" in note.inner_text()
+    assert "max_train_epochs" in text_of(page, "#sdtrain_train_message")
+    set_value(page, "sdtrain_opt_max_train_epochs", "")
+    # An option in the collapsed "Advanced" section: the section opens to show the field and its note.
+    page.locator("#sdtrain_advanced").get_by_text("Advanced: every other option").click()
+    set_value(page, "sdtrain_opt_min_bucket_reso", 4)
+    page.locator("#sdtrain_advanced").get_by_text("Advanced: every other option").click()
+    assert not page.locator("#sdtrain_opt_min_bucket_reso").is_visible()
+    page.click("#sdtrain_check")
+    note = note_of(page, "min_bucket_reso")
+    note.wait_for(state="visible")
+    assert "min_bucket_reso" in note.inner_text()
+    assert page.locator("#sdtrain_opt_min_bucket_reso").is_visible()
+    shot(page, "field-error")
+    set_value(page, "sdtrain_opt_min_bucket_reso", 256)
+    page.click("#sdtrain_check")  # the next message (whatever it says) replaces the note
+    note.wait_for(state="detached")
