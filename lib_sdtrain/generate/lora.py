@@ -1,7 +1,7 @@
 """Applying a kohya-format LoRA/LoCon file to a loaded model for generation, without touching its weights.
 
 Each update is a forward hook on its layer: y = W x + weight * (alpha / rank) * up(down(x)), the formula of
-lib_sdtrain.train.network.lora, with the layers found and named exactly as that module names them. Leaving the
+lib_sdtrain.network.lora, with the layers found and named exactly as that module names them. Leaving the
 context removes the hooks, so the model is the base model again, bit for bit.
 """
 
@@ -19,8 +19,8 @@ from torch import nn
 
 from lib_sdtrain.errors import SDTrainError
 from lib_sdtrain.models.sd_model import SDModel
-from lib_sdtrain.train.network.kohya_file import load_lora
-from lib_sdtrain.train.network.lora import model_target_layers
+from lib_sdtrain.network.kohya_file import load_lora
+from lib_sdtrain.network.lora import model_target_layers
 
 LORA_PARTS = {"lora_down.weight", "lora_up.weight", "alpha"}
 

@@ -53,7 +53,7 @@ def _load(args: argparse.Namespace):
 
 
 def run_inspect(args: argparse.Namespace) -> int:
-    from lib_sdtrain.train.network.describe import describe_lora, is_lora_file
+    from lib_sdtrain.network.describe import describe_lora, is_lora_file
 
     if is_lora_file(args.model):
         print(describe_lora(args.model))

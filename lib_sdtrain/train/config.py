@@ -69,7 +69,7 @@ REFUSED_KEYS: dict[str, str] = {
 # The value sets that options with choices accept (the CLI, the TOML reader and the UI all read them from here).
 NETWORK_MODULES = ("networks.lora", "lycoris.kohya")
 MIXED_PRECISIONS = ("no", "fp16", "bf16")
-SAVE_PRECISIONS = ("fp16", "bf16", "float", "fp32")  # lib_sdtrain.train.network.kohya_file.SAVE_DTYPES
+SAVE_PRECISIONS = ("fp16", "bf16", "float", "fp32")  # lib_sdtrain.network.kohya_file.SAVE_DTYPES
 OPTIMIZERS = ("AdamW", "AdamW8bit", "Lion", "Adafactor", "Prodigy")  # lib_sdtrain.train.optim.make_optimizer
 # kohya v0.9's lr_scheduler names (lib_sdtrain.train.optim.make_lr_scheduler); piecewise_constant is refused there,
 # as it needs lr_scheduler_args step rules.

@@ -23,11 +23,11 @@ import torch
 
 from lib_sdtrain.errors import Cancelled, ConfigError, OutputError, SDTrainError
 from lib_sdtrain.models.sd_model import SDModel
+from lib_sdtrain.network.kohya_file import SAVE_DTYPES, load_lora
+from lib_sdtrain.network.lora import LoRANetwork, NetworkSpec, ranks_from_weights
 from lib_sdtrain.train import data, noise_and_loss, text
 from lib_sdtrain.train.config import HONOURED_OUTSIDE_SCHEMA, KOHYA_DEFAULTS, TrainConfig, parse_network_args
 from lib_sdtrain.train.latent_cache import LatentCache, build_latent_cache, folder_items, latent_source, will_cache
-from lib_sdtrain.train.network.kohya_file import SAVE_DTYPES, load_lora
-from lib_sdtrain.train.network.lora import LoRANetwork, NetworkSpec, ranks_from_weights
 from lib_sdtrain.train.optim import make_lr_scheduler, make_optimizer
 from lib_sdtrain.train.output_lock import hold_output
 from lib_sdtrain.train.outputs import (

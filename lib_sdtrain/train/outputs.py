@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from lib_sdtrain.network.kohya_file import lora_model_spec
 from lib_sdtrain.prepare.buckets import parse_resolution
 from lib_sdtrain.train.data import REPEAT_FOLDER, TrainItem, reg_image_count, upright_size
-from lib_sdtrain.train.network.kohya_file import lora_model_spec
 
 if TYPE_CHECKING:
     from lib_sdtrain.models.sd_model import SDModel
@@ -404,7 +404,7 @@ def save_extension(config: TrainConfig) -> str:
 
 def write_lora(path: Path, state: dict, metadata: dict[str, str], config: TrainConfig) -> Path:
     """safetensors with the metadata; ckpt/pt as kohya's save_weights writes them: the bare state dict, no metadata."""
-    from lib_sdtrain.train.network.kohya_file import SAVE_DTYPES, save_lora
+    from lib_sdtrain.network.kohya_file import SAVE_DTYPES, save_lora
     from lib_sdtrain.utils.files import atomic_path
 
     if config.save_model_as == "safetensors":
@@ -419,7 +419,7 @@ def write_checkpoint(path: Path, model: SDModel, config: TrainConfig, position: 
     """A fine-tuned model in save_model_as: one ldm-layout .safetensors (with `metadata`), kohya's .ckpt pickle
     ({"state_dict", "epoch", "global_step"}), or a diffusers folder (.bin; .safetensors with diffusers_safetensors)."""
     from lib_sdtrain.models.saving import save_sd_checkpoint, sd_model_to_ldm
-    from lib_sdtrain.train.network.kohya_file import SAVE_DTYPES
+    from lib_sdtrain.network.kohya_file import SAVE_DTYPES
     from lib_sdtrain.utils.files import atomic_path
 
     dtype = SAVE_DTYPES[config.save_precision]

@@ -194,7 +194,7 @@ def _rewrite_with_metadata(source: Path, target: Path, changes: dict[str, str]) 
     from safetensors import safe_open
     from safetensors.torch import save_file
 
-    from lib_sdtrain.train.network.kohya_file import model_hashes
+    from lib_sdtrain.network.kohya_file import model_hashes
 
     with safe_open(str(source), framework="pt") as f:
         metadata = dict(f.metadata() or {})

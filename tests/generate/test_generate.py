@@ -13,8 +13,8 @@ from safetensors.torch import save_file
 from lib_sdtrain.errors import Cancelled, SDTrainError
 from lib_sdtrain.generate import GenerationRequest, Generator, apply_lora, list_loras
 from lib_sdtrain.models.loading import load_sd_model
-from lib_sdtrain.train.network.kohya_file import load_lora, save_lora
-from lib_sdtrain.train.network.lora import LoRANetwork, NetworkSpec
+from lib_sdtrain.network.kohya_file import load_lora, save_lora
+from lib_sdtrain.network.lora import LoRANetwork, NetworkSpec
 
 SPEC = NetworkSpec(rank=4, alpha=2, conv_rank=2, conv_alpha=1)  # LoCon: 3x3 convolutions at another rank
 

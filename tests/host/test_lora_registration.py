@@ -11,7 +11,7 @@ import torch
 
 from lib_sdtrain.errors import SDTrainError
 from lib_sdtrain.host import webui as adapter
-from lib_sdtrain.train.network.kohya_file import save_lora
+from lib_sdtrain.network.kohya_file import save_lora
 from lib_sdtrain.train.outputs import OWNER_KEY
 from lib_sdtrain.train.register import CANCELLED, DONE, RunSummary, register_run
 

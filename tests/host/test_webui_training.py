@@ -15,7 +15,7 @@ from safetensors import safe_open
 from lib_sdtrain.host import standalone
 from lib_sdtrain.host.types import LOADED_CHECKPOINT
 from lib_sdtrain.jobs import CANCELLED, DONE, FAILED, InputError, runner
-from lib_sdtrain.train.network.kohya_file import model_hashes
+from lib_sdtrain.network.kohya_file import model_hashes
 from tests.train.conftest import train_settings
 from tests.waiting import finished, wait_for
 

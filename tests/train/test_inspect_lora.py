@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from lib_sdtrain.cli import main
 from lib_sdtrain.models.loading import load_sd_model
+from lib_sdtrain.network.kohya_file import save_lora
+from lib_sdtrain.network.lora import LoRANetwork, NetworkSpec
 from lib_sdtrain.train.config import load_config
 from lib_sdtrain.train.loop import train
-from lib_sdtrain.train.network.kohya_file import save_lora
-from lib_sdtrain.train.network.lora import LoRANetwork, NetworkSpec
 from tests.train.conftest import train_settings
 
 

@@ -11,11 +11,11 @@ import torch
 from safetensors.torch import save_file
 
 from lib_sdtrain.errors import ConfigError
+from lib_sdtrain.network.kohya_file import load_lora
+from lib_sdtrain.network.lora import LoRANetwork, NetworkSpec
 from lib_sdtrain.train import noise_and_loss as nl
 from lib_sdtrain.train.config import DEFAULT_ONLY_KEYS, IGNORED_KEYS, KNOWN_KEYS, config_from_dict, load_config
 from lib_sdtrain.train.loop import Trainer, train
-from lib_sdtrain.train.network.kohya_file import load_lora
-from lib_sdtrain.train.network.lora import LoRANetwork, NetworkSpec
 from lib_sdtrain.utils.progress import CallbackProgress
 from tests.train.conftest import train_settings
 
@@ -235,7 +235,7 @@ def test_max_norm_scales_each_module_down_to_the_limit(tiny_sd_dir):
 
 def test_dim_from_weights_builds_the_files_network(tiny_sd_dir, sks_dataset, tmp_path):
     from lib_sdtrain.models.loading import load_sd_model
-    from lib_sdtrain.train.network.kohya_file import save_lora
+    from lib_sdtrain.network.kohya_file import save_lora
 
     model = load_sd_model(tiny_sd_dir)
     spec = NetworkSpec(rank=4, alpha=2, conv_rank=2, conv_alpha=1, train_text_encoder=False)

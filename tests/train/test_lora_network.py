@@ -18,8 +18,8 @@ from lib_sdtrain.models import ldm_keys
 from lib_sdtrain.models.configs import unet_layout
 from lib_sdtrain.models.loading import load_sd_model
 from lib_sdtrain.models.saving import sd_model_to_ldm
-from lib_sdtrain.train.network.kohya_file import load_lora, save_lora
-from lib_sdtrain.train.network.lora import LoRAModule, LoRANetwork, NetworkSpec
+from lib_sdtrain.network.kohya_file import load_lora, save_lora
+from lib_sdtrain.network.lora import LoRAModule, LoRANetwork, NetworkSpec
 
 
 def randomize(network: LoRANetwork, seed: int = 0) -> None:

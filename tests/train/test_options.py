@@ -53,7 +53,7 @@ def test_every_setting_has_help_a_category_and_a_type():
 def test_choices_are_the_sets_the_trainer_accepts():
     from diffusers.optimization import SchedulerType
 
-    from lib_sdtrain.train.network.kohya_file import SAVE_DTYPES
+    from lib_sdtrain.network.kohya_file import SAVE_DTYPES
 
     assert set(option_by_name("save_precision").choices) == set(SAVE_DTYPES)
     own = {"adafactor", "inverse_sqrt", "cosine_with_min_lr", "warmup_stable_decay"}  # built by optim itself

@@ -8,11 +8,11 @@ from safetensors import safe_open
 
 from lib_sdtrain.errors import Cancelled, ConfigError, DatasetError, SDTrainError
 from lib_sdtrain.models.loading import load_sd_model
+from lib_sdtrain.network.kohya_file import load_lora
+from lib_sdtrain.network.lora import LoRANetwork, NetworkSpec
 from lib_sdtrain.train import text
 from lib_sdtrain.train.config import load_config
 from lib_sdtrain.train.loop import Trainer, TrainingDiverged, shard_batches, train
-from lib_sdtrain.train.network.kohya_file import load_lora
-from lib_sdtrain.train.network.lora import LoRANetwork, NetworkSpec
 from lib_sdtrain.utils.progress import CallbackProgress
 from tests.train.conftest import target_latent, train_settings
 
