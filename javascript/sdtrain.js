@@ -138,7 +138,7 @@ if (typeof onAfterUiUpdate === "function") {
     onAfterUiUpdate(sdtrainOnUiUpdate);
 } else if (typeof onUiUpdate === "function") {  // WebUI before v1.6
     onUiUpdate(sdtrainOnUiUpdate);
-} else {
+} else if (typeof MutationObserver === "function") {
     let sdtrainPending = false;
     new MutationObserver(() => {
         if (!sdtrainPending) {

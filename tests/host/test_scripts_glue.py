@@ -163,6 +163,7 @@ const elements = {
 globalThis.gradioApp = () => ({
     getElementById: (id) => elements[id] || null,
     querySelector: (selector) => (selector.startsWith("#sdtrain_finished") ? box : null),
+    querySelectorAll: () => [],  // no messages on this page
 });
 globalThis.Event = class { constructor(type) { this.type = type; } };
 const callbacks = [];
