@@ -1,5 +1,5 @@
 import sys
 
-from lib_sdtrain.cli import main
+from lib_sdtrain.main import main
 
 sys.exit(main())

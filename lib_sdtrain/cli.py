@@ -1,8 +1,9 @@
-"""`python -m lib_sdtrain <command> ...` / `sdtrain <command> ...`: every stage of the pipeline from the terminal.
+"""The command line of the pipeline's stages (models, dataset, prepare, train), which `sdtrain` offers
+(lib_sdtrain/main.py adds the app's own commands, ui and demo) and the job runner parses its options with.
 
-Each stage module contributes its sub-command through a `register_cli(subparsers)` function listed in COMMANDS;
-the modules are imported only when the parser is built, so `--help` stays quick and a stage's heavy imports
-happen only when that stage runs. A command's handler returns an exit code:
+Each stage module contributes its sub-commands through a `register_cli(subparsers)` function listed in
+STAGE_COMMANDS; the modules are imported only when the parser is built, so `--help` stays quick and a stage's heavy
+imports happen only when that stage runs. A command's handler returns an exit code:
 0 done, 1 failed with a message, 2 bad arguments (argparse), 130 cancelled.
 """
 
@@ -18,9 +19,7 @@ from lib_sdtrain.errors import Cancelled, SDTrainError
 from lib_sdtrain.utils.path_kinds import check_kinds_declared
 
 # "module:function" pairs, in the order the pipeline runs.
-COMMANDS: list[str] = [
-    "lib_sdtrain.ui.cli:register_cli",
-    "lib_sdtrain.demo.cli:register_cli",
+STAGE_COMMANDS: list[str] = [
     "lib_sdtrain.models.cli:register_cli",
     "lib_sdtrain.dataset.cli:register_cli",
     "lib_sdtrain.prepare.cli:register_cli",
@@ -30,16 +29,18 @@ COMMANDS: list[str] = [
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_CANCELLED = 0, 1, 2, 130
 
 
-def build_parser(parser_class: type[argparse.ArgumentParser] = argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """The whole command line. The job runner builds it with a parser class that raises instead of exiting, so
-    the UI and the API take the very options the CLI takes."""
+def build_parser(
+    parser_class: type[argparse.ArgumentParser] = argparse.ArgumentParser, commands: Sequence[str] = STAGE_COMMANDS
+) -> argparse.ArgumentParser:
+    """The command line of `commands`. The job runner builds it with a parser class that raises instead of
+    exiting, so the UI and the API take the very options the CLI takes."""
     parser = parser_class(
         prog="sdtrain",
         description="SD-Train: caption, tag and prepare a dataset, then train a Stable Diffusion LoRA or fine-tune.",
     )
     parser.add_argument("--version", action="version", version=f"SD-Train {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="<command>")
-    for entry in COMMANDS:
+    for entry in commands:
         module_name, func_name = entry.split(":")
         getattr(importlib.import_module(module_name), func_name)(subparsers)
     for command, subparser in subparsers.choices.items():
@@ -47,8 +48,8 @@ def build_parser(parser_class: type[argparse.ArgumentParser] = argparse.Argument
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> int:
+    """Parse `argv` and run its command's handler; the exit code."""
     args = parser.parse_args(argv)
     if not getattr(args, "handler", None):
         parser.print_help()

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lib_sdtrain.cli import main
 from lib_sdtrain.dataset.captioning import CaptionOptions, caption_images, load_blip
 from lib_sdtrain.dataset.metadata import MergeOptions, merge_to_file
 from lib_sdtrain.dataset.tagging import TagOptions, find_tagger, prepare_image, tag_images
 from lib_sdtrain.demo.onnx_writer import write_tiny_tagger
 from lib_sdtrain.demo.tiny_blip import write_tiny_blip
+from lib_sdtrain.main import main
 from lib_sdtrain.utils.progress import CallbackProgress
 from tests.dataset.test_tagging import TAGS
 from tests.mounts import remount_read_only

@@ -76,7 +76,7 @@ def test_missing_model_and_folder(blip_dir, tmp_path, monkeypatch):
 
 
 def test_caption_cli(blip_dir, images, capsys):
-    from lib_sdtrain.cli import main
+    from lib_sdtrain.main import main
 
     assert main(["caption", str(images), "--caption_weights", str(blip_dir), "--beam_search", "--num_beams", "2",
                  "--max_length", "10", "--min_length", "2", "--debug"]) == 0  # fmt: skip

@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from lib_sdtrain.cli import main
 from lib_sdtrain.dataset.metadata import load_metadata
 from lib_sdtrain.dataset.tagging import TagOptions, find_tagger, tag_images
 from lib_sdtrain.demo.onnx_writer import write_tiny_tagger
 from lib_sdtrain.errors import DatasetError, ModelLoadError
 from lib_sdtrain.jobs import InputError
 from lib_sdtrain.jobs.stages import STAGES
+from lib_sdtrain.main import main
 from tests.dataset.test_tagging import TAGS
 
 

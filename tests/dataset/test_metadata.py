@@ -7,7 +7,6 @@ import json
 import pytest
 from PIL import Image
 
-from lib_sdtrain.cli import main
 from lib_sdtrain.dataset.metadata import (
     MergeOptions,
     clean_caption,
@@ -16,6 +15,7 @@ from lib_sdtrain.dataset.metadata import (
     read_caption_file,
 )
 from lib_sdtrain.errors import Cancelled, ConfigError, DatasetError
+from lib_sdtrain.main import main
 from lib_sdtrain.utils.progress import CallbackProgress
 
 

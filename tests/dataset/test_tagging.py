@@ -95,7 +95,7 @@ def test_bad_tagger_and_folder(tagger_dir, tmp_path, monkeypatch):
 
 
 def test_tag_cli(tagger_dir, images, capsys):
-    from lib_sdtrain.cli import main
+    from lib_sdtrain.main import main
 
     code = main(["tag", str(images), "--model_dir", str(tagger_dir), "--batch_size", "2", "--debug", "--thresh", "0.5"])
     assert code == 0

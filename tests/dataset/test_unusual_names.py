@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lib_sdtrain.cli import main
 from lib_sdtrain.dataset.captioning import CaptionOptions, caption_images
 from lib_sdtrain.dataset.images import MAX_IMAGE_PIXELS, scan_images
 from lib_sdtrain.dataset.tagging import TagOptions, tag_images
+from lib_sdtrain.main import main
 from tests.dataset.test_bad_input import blip, tagger  # noqa: F401 (fixtures)
 
 HUGE = 20_000  # a PNG whose header claims 20000 x 20000 pixels: over the limit, refused before it is decoded

@@ -107,8 +107,8 @@ def test_an_interrupted_build_leaves_nothing_that_looks_complete(tmp_path, monke
 
 
 def test_cli_uses_the_standalone_folders(tmp_path, monkeypatch, capsys):
-    from lib_sdtrain.cli import main
     from lib_sdtrain.host import standalone
+    from lib_sdtrain.main import main
 
     monkeypatch.setattr(standalone, "_config", standalone._config)  # restored after the test
     monkeypatch.setattr(demo_make, "_write_sd_model", lambda folder: (folder / "model_index.json").write_text("{}"))

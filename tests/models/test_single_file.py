@@ -173,7 +173,7 @@ def test_tokenizer_beside_checkpoint_is_found(tiny_sd_checkpoint, tiny_sd_dir, t
 
 
 def test_convert_cli_writes_a_loadable_checkpoint(tiny_sd_dir, tmp_path, capsys):
-    from lib_sdtrain.cli import main
+    from lib_sdtrain.main import main
 
     out = tmp_path / "converted.safetensors"
     assert main(["convert", str(tiny_sd_dir), str(out), "--save_precision", "fp32"]) == 0

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lib_sdtrain.cli import main
 from lib_sdtrain.dataset.metadata import MergeOptions, merge_to_file
 from lib_sdtrain.errors import DatasetError
+from lib_sdtrain.main import main
 from lib_sdtrain.prepare.buckets import BucketSettings
 from lib_sdtrain.prepare.latents import LatentCacheOptions, cache_latents
 from lib_sdtrain.prepare.report import TokenCounter, build_report, draw_bucket_histogram, scan_dataset

@@ -12,8 +12,8 @@ import pytest
 import torch
 from PIL import Image
 
-from lib_sdtrain.cli import main
 from lib_sdtrain.errors import Cancelled, ConfigError, DatasetError
+from lib_sdtrain.main import main
 from lib_sdtrain.prepare.buckets import BucketSettings
 from lib_sdtrain.prepare.latents import LatentCacheOptions, cache_latents
 from lib_sdtrain.utils.progress import CallbackProgress

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lib_sdtrain.cli import main
 from lib_sdtrain.dataset.editing import apply_bulk_edit, load_entries, plan_bulk_edit, save_entry
 from lib_sdtrain.errors import DatasetError
+from lib_sdtrain.main import main
 from lib_sdtrain.models import cli as models_cli
 from tests.mounts import remount_read_only, tmpfs_mount
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from lib_sdtrain.cli import main
+from lib_sdtrain.main import main
 from lib_sdtrain.models.loading import load_sd_model
 from lib_sdtrain.network.kohya_file import save_lora
 from lib_sdtrain.network.lora import LoRANetwork, NetworkSpec

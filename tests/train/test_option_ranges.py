@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from lib_sdtrain.cli import main
 from lib_sdtrain.errors import ConfigError
+from lib_sdtrain.main import main
 from lib_sdtrain.train.config import TrainConfig, load_config
 from lib_sdtrain.train.options import OPTIONS, option_by_name
 

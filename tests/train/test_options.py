@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 import tomllib
 
-from lib_sdtrain.cli import build_parser, main
+from lib_sdtrain.cli import build_parser
 from lib_sdtrain.errors import ConfigError
+from lib_sdtrain.main import main
 from lib_sdtrain.train import presets
 from lib_sdtrain.train.config import INTERNAL_FIELDS, TrainConfig, config_from_dict, config_values, load_config
 from lib_sdtrain.train.options import CATEGORIES, OPTIONS, coerce_value, config_to_toml, option_by_name

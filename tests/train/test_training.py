@@ -173,7 +173,7 @@ def test_two_runs_with_different_precision_in_one_process(tiny_sd_dir, sks_datas
 def test_cli_trains_from_the_tutorials_toml_layout(tiny_sd_dir, sks_dataset, tmp_path):
     from safetensors import safe_open
 
-    from lib_sdtrain.cli import main
+    from lib_sdtrain.main import main
 
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("# samples\nsks --n blurry --w 64 --h 64 --d 5 --s 2 --l 3\n")

@@ -10,7 +10,7 @@ import re
 import gradio as gr
 import pytest
 
-from lib_sdtrain.cli import main
+from lib_sdtrain.main import main
 from lib_sdtrain.train.config import load_config
 from lib_sdtrain.train.options import OPTIONS, option_by_name
 from lib_sdtrain.ui.option_form import OptionForm, form_value
