@@ -9,7 +9,7 @@ import textwrap
 from typing import Any
 
 from lib_sdtrain.errors import ConfigError
-from lib_sdtrain.train.config import IGNORED_KEYS
+from lib_sdtrain.train.kohya_keys import ACCEPTED_OUTSIDE_SCHEMA
 from lib_sdtrain.train.options import CATEGORIES, Option, coerce_value, display_value, options_in
 from lib_sdtrain.utils.path_kinds import PathKind, add_argument
 
@@ -41,9 +41,9 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     unused = parser.add_argument_group(
         "kohya options accepted but not used",
         "Accepted so kohya command lines run unchanged, and reported as unused at the start, as in a TOML: "
-        + ", ".join(f"--{key}" for key in sorted(IGNORED_KEYS)),
+        + ", ".join(f"--{key}" for key in sorted(ACCEPTED_OUTSIDE_SCHEMA)),
     )
-    for key in sorted(IGNORED_KEYS):
+    for key in sorted(ACCEPTED_OUTSIDE_SCHEMA):
         add_argument(unused, f"--{key}", kind=PathKind.TEXT, nargs="*", default=None, help=argparse.SUPPRESS)
     parser.set_defaults(handler=run_train)
 
@@ -104,7 +104,7 @@ def unused_flag_value(values: list[str] | None) -> Any:
 def command_line_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """The settings given as flags (None: not given, the config file decides)."""
     overrides = {k: v for k, v in vars(args).items() if k not in ("config_file", "handler", "command")}
-    for key in IGNORED_KEYS & overrides.keys():
+    for key in ACCEPTED_OUTSIDE_SCHEMA & overrides.keys():
         overrides[key] = unused_flag_value(overrides[key])
     return overrides
 

@@ -19,52 +19,8 @@ from typing import Any
 import tomllib
 
 from lib_sdtrain.errors import ConfigError, shorten
+from lib_sdtrain.train.kohya_keys import ACCEPTED_OUTSIDE_SCHEMA, check_accepted_value, refusal
 from lib_sdtrain.utils.path_kinds import PathKind
-
-# Keys outside the schema that training reads all the same (config.ignored): never reported as unused.
-HONOURED_OUTSIDE_SCHEMA = frozenset({"no_half_vae"})
-
-# kohya (and kohya_ss GUI) keys SD-Train does not implement, accepted only at the values that change nothing
-# (kohya's or the GUI's defaults), so GUI-written configs load; () accepts any value (speed-only, or used only by a
-# feature that is off). Any other value is refused naming the key. Also reported as unused, as IGNORED_KEYS are.
-DEFAULT_ONLY_KEYS: dict[str, tuple] = {
-    "no_half_vae": (),  # true keeps the VAE in fp32 under mixed precision (read from config.ignored by the loop)
-    "epoch": (),  # the GUI's field; sd-scripts reads max_train_epochs, which the GUI writes too
-    # the kohya_ss GUI's choice of which noise fields it writes (noise_offset... or multires_noise_...); sd-scripts
-    # does not read it, so either value changes nothing
-    "noise_offset_type": ("Original", "Multires"),
-    "lr_scheduler_args": (None, "", []),
-    "log_with": (None, "", "tensorboard"),  # TensorBoard is what logging_dir writes
-    "masked_loss": (False,),
-    "fp8_base": (False,),
-    "debug_dataset": (False,),  # kohya shows the dataset's images and exits without training: no such mode here
-    "face_crop_aug_range": (None, ""),  # face-centred crops from face positions in file names: not implemented
-}
-
-# Options kohya accepts that change nothing here (speed switches this implementation does differently, or features
-# not built yet). They are accepted so the tutorial's config files load, and named in a warning.
-IGNORED_KEYS = frozenset(
-    {
-        "xformers", "mem_eff_attn", "sdpa", "lowram", "persistent_data_loader_workers",
-        "v2",
-        *DEFAULT_ONLY_KEYS,
-    }
-)  # fmt: skip
-
-# kohya keys SD-Train refuses whatever their value, with the reason and what to do instead (a plain "Unknown setting"
-# would leave a kohya user guessing whether it is a typo).
-REFUSED_KEYS: dict[str, str] = {
-    "use_8bit_adam": 'kohya\'s old spelling; write optimizer_type = "AdamW8bit"',
-    "use_lion_optimizer": 'kohya\'s old spelling; write optimizer_type = "Lion"',
-    "lr_scheduler_type": "custom scheduler classes are not supported; use lr_scheduler",
-    "weighted_captions": "(word:1.2) weights in captions are not implemented",
-    "base_weights": "merging other LoRAs into the base model before training is not implemented",
-    "deepspeed": "DeepSpeed is not supported; use accelerate's multi-GPU launch",
-    "huggingface_repo_id": "uploading to the Hugging Face hub is not implemented",
-    "wandb_api_key": "only TensorBoard logging (logging_dir) is implemented",
-    "output_config": "writing the config is not implemented; each run saves <output_name>.sdtrain.toml instead",
-    "sdxl": "SD-Train trains SD 1.x and 2.x models, not SDXL",
-}
 
 # The value sets that options with choices accept (the CLI, the TOML reader and the UI all read them from here).
 NETWORK_MODULES = ("networks.lora", "lycoris.kohya")
@@ -92,17 +48,6 @@ NETWORK_ARG_ALGOS = ("lora", "locon")
 
 # TrainConfig fields that are bookkeeping, not settings: no option, no CLI flag, no TOML key.
 INTERNAL_FIELDS = frozenset({"ignored", "given"})
-
-# SD-Train defaults that differ from kohya's: the start-of-training summary names them when a config leaves them
-# unset, so a kohya user is not surprised (value as kohya's default reads).
-KOHYA_DEFAULTS: dict[str, str] = {
-    "learning_rate": "2e-06",
-    "save_precision": "fp32",
-    "seed": "a random seed",
-    "cache_latents": "false",
-    "enable_bucket": "false",
-}
-
 
 def opt(
     default: Any,
@@ -923,7 +868,7 @@ class TrainConfig:
         "sdtrain",
         kind=PathKind.TEXT,
     )
-    ignored: dict[str, Any] = field(default_factory=dict)  # kohya keys accepted but unused (IGNORED_KEYS)
+    ignored: dict[str, Any] = field(default_factory=dict)  # kohya keys outside the schema (kohya_keys.py)
     # the keys the config file or command line set (config_from_dict), to tell a default from a chosen value
     given: frozenset[str] = field(default_factory=frozenset, compare=False, repr=False)
 
@@ -1057,33 +1002,9 @@ KNOWN_KEYS = frozenset(f.name for f in dataclasses.fields(TrainConfig) if f.name
 
 
 def unknown_key_error(key: str) -> ConfigError:
-    close = difflib.get_close_matches(key, sorted(KNOWN_KEYS | IGNORED_KEYS), n=1)
+    close = difflib.get_close_matches(key, sorted(KNOWN_KEYS | ACCEPTED_OUTSIDE_SCHEMA), n=1)
     hint = f" Did you mean {close[0]!r}?" if close else ""
     return ConfigError(f"Unknown setting {key!r}.{hint}")
-
-
-def _same_value(value: Any, accepted: Any) -> bool:
-    """kohya reads TOML and command-line text alike: "0" is 0, "L2" is "l2", "" an empty list."""
-    if accepted is None or isinstance(accepted, bool):
-        return value is accepted or (isinstance(value, str) and value.strip().lower() == str(accepted).lower())
-    if isinstance(accepted, int | float):
-        try:
-            return not isinstance(value, bool) and float(value) == accepted
-        except (TypeError, ValueError):
-            return False
-    if isinstance(accepted, str):
-        return isinstance(value, str) and value.strip().lower() == accepted.lower()
-    return value == accepted
-
-
-def _check_default_only(key: str, value: Any) -> None:
-    accepted = DEFAULT_ONLY_KEYS.get(key, ())
-    if accepted and not any(_same_value(value, a) for a in accepted):
-        shown = " or ".join("empty" if a is None else repr(a) for a in accepted)
-        raise ConfigError(
-            f"{key} = {shorten(value)} is not implemented in SD-Train; only {shown} (kohya's default, which changes "
-            "nothing) is accepted. Remove it, or train this config with kohya sd-scripts."
-        )
 
 
 def config_from_dict(values: dict[str, Any]) -> TrainConfig:
@@ -1096,11 +1017,11 @@ def config_from_dict(values: dict[str, Any]) -> TrainConfig:
     for key, value in values.items():
         if key in KNOWN_KEYS:
             known[key] = coerce_value(option_by_name(key), value)
-        elif key in IGNORED_KEYS:
-            _check_default_only(key, value)
+        elif key in ACCEPTED_OUTSIDE_SCHEMA:
+            check_accepted_value(key, value)
             ignored[key] = value
-        elif key in REFUSED_KEYS:
-            raise ConfigError(f"{key} is not supported by SD-Train: {REFUSED_KEYS[key]}.")
+        elif (reason := refusal(key)) is not None:
+            raise ConfigError(f"{key} is not supported by SD-Train: {reason}.")
         else:
             raise unknown_key_error(key)
     if known.get("dataset_config"):

@@ -265,7 +265,7 @@ def _coerce(key: str, value: Any, where: str) -> Any:
 
 
 def _fix_hint(key: str, value: Any) -> str:
-    from lib_sdtrain.train.options import toml_value
+    from lib_sdtrain.train.toml_writer import toml_value
 
     if value is None:
         return "remove it."

@@ -26,7 +26,8 @@ from lib_sdtrain.models.sd_model import SDModel
 from lib_sdtrain.network.kohya_file import SAVE_DTYPES, load_lora
 from lib_sdtrain.network.lora import LoRANetwork, NetworkSpec, ranks_from_weights
 from lib_sdtrain.train import data, noise_and_loss, text
-from lib_sdtrain.train.config import HONOURED_OUTSIDE_SCHEMA, KOHYA_DEFAULTS, TrainConfig, parse_network_args
+from lib_sdtrain.train.config import TrainConfig, parse_network_args
+from lib_sdtrain.train.kohya_keys import KOHYA_DEFAULTS, UNUSED_WHEN_GIVEN
 from lib_sdtrain.train.latent_cache import LatentCache, build_latent_cache, folder_items, latent_source, will_cache
 from lib_sdtrain.train.optim import make_lr_scheduler, make_optimizer
 from lib_sdtrain.train.output_lock import hold_output
@@ -667,7 +668,7 @@ class Trainer:
         config, progress = self.config, self.progress
         self.check_room()
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        unused = sorted(set(config.ignored) - HONOURED_OUTSIDE_SCHEMA)
+        unused = sorted(UNUSED_WHEN_GIVEN & set(config.ignored))
         if unused:
             progress.message(f"Accepted but not used by SD-Train: {', '.join(unused)}")
         progress.message(self.summary())

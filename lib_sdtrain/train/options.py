@@ -1,10 +1,10 @@
 """The schema of the training options: one Option per TrainConfig field, built from the help, category and choices
 that config.py attaches to each field. It drives `sdtrain train --help`, the type checks of TOML files and command
-lines, the TOML writer, presets and the UI's forms, so a new setting is described once, where it is declared.
+lines, the TOML writer (toml_writer.py), presets, the README's key table (key_table.py) and the UI's forms, so a new
+setting is described once, where it is declared.
 
     option_by_name("network_dim").help            # what the UI shows beside the field
     coerce_value(option_by_name("learning_rate"), "1e-4")  -> 0.0001
-    config_to_toml({"network_dim": 32, ...})      # kohya-keyed TOML that load_config reads back
 """
 
 from __future__ import annotations
@@ -13,13 +13,12 @@ import dataclasses
 import math
 import types
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from lib_sdtrain.errors import ConfigError, shorten
-from lib_sdtrain.train.config import IGNORED_KEYS, INTERNAL_FIELDS, TrainConfig, unknown_key_error
+from lib_sdtrain.train.config import INTERNAL_FIELDS, TrainConfig, unknown_key_error
 from lib_sdtrain.utils.path_kinds import PathKind, check_shape
 
 # key -> (title for the UI and the CLI help, TOML table). The tables are kohya's, as its tutorials lay configs out;
@@ -310,74 +309,6 @@ def check_schema_values(config: TrainConfig) -> None:
         coerce_value(option, getattr(config, option.name))
 
 
-# --- TOML writing ---------------------------------------------------------------------------------------------------
-
-_ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r"}
-
-
-def _needs_escape(ch: str) -> bool:
-    return ord(ch) < 0x20 or ord(ch) == 0x7F
-
-
-def _toml_string(text: str) -> str:
-    # A literal string keeps Windows paths readable ('C:\models' rather than "C:\\models").
-    if "\\" in text and "'" not in text and not any(_needs_escape(ch) for ch in text):
-        return f"'{text}'"
-    body = "".join(_ESCAPES.get(ch) or (f"\\u{ord(ch):04x}" if _needs_escape(ch) else ch) for ch in text)
-    return f'"{body}"'
-
-
-def toml_value(value: Any) -> str:
-    """One TOML value (bool, int, float, str or a list of them)."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        return repr(value) if math.isfinite(value) else {math.inf: "inf", -math.inf: "-inf"}.get(value, "nan")
-    if isinstance(value, str):
-        return _toml_string(value)
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(toml_value(v) for v in value) + "]"
-    raise TypeError(f"Cannot write {value!r} ({type(value).__name__}) to TOML")
-
-
-DEFAULT_TOML_HEADER = (
-    "SD-Train training config with kohya sd-scripts' keys (tables only group them).\n"
-    "Run it with: sdtrain train --config_file <this file>"
-)
-
-
-def config_to_toml(values: Mapping[str, Any], only_changed: bool = True, header: str | None = None) -> str:
-    """kohya-keyed TOML for flat `values`, grouped in CATEGORIES' tables; with `only_changed`, the values that
-    differ from the defaults. Every value is type-checked; empty (None) values are left out, as TOML has no null.
-    kohya keys SD-Train accepts but does not use are kept, at the top. `header` becomes the leading comment."""
-    unknown = [key for key in values if key not in _BY_NAME and key not in IGNORED_KEYS]
-    if unknown:
-        raise unknown_key_error(unknown[0])
-    lines = [f"# {line}".rstrip() for line in (DEFAULT_TOML_HEADER if header is None else header).splitlines()]
-    unused = [f"{key} = {toml_value(value)}" for key, value in values.items() if key in IGNORED_KEYS]
-    if unused:
-        lines += ["", "# kohya settings that SD-Train accepts but does not use", *unused]
-    for category, (_, table) in CATEGORIES.items():
-        entries = _table_entries(options_in(category), values, only_changed)
-        if entries:
-            lines += ["", f"[{table}]", *entries]
-    return "\n".join(lines) + "\n"
-
-
-def _table_entries(options: list[Option], values: Mapping[str, Any], only_changed: bool) -> list[str]:
-    entries = []
-    for option in options:
-        if option.name not in values:
-            continue
-        value = coerce_value(option, values[option.name])
-        if value is None or (only_changed and value == option.default):
-            continue
-        entries.append(f"{option.name} = {toml_value(value)}")
-    return entries
-
-
 def display_value(value: Any) -> str:
     """A value as a person reads it in a form or a table (1e-4 rather than 0.0001, empty rather than None)."""
     if value is None or value == "":
@@ -387,122 +318,3 @@ def display_value(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:g}"
     return str(value)
-
-
-# --- the README's kohya key table -----------------------------------------------------------------------------------
-
-# Accepted kohya keys that only change speed, memory or logging here (or say what SD-Train does anyway): a no-op.
-NO_OP_NOTES: dict[str, str] = {
-    "xformers": "speed only: PyTorch's scaled-dot-product attention is used",
-    "mem_eff_attn": "speed only",
-    "sdpa": "speed only: always used",
-    "lowram": "memory only",
-    "persistent_data_loader_workers": "speed only: SD-Train's loader threads live for the whole run anyway",
-    "log_with": "logging only; only TensorBoard (logging_dir) is written",
-    "v2": "SD-Train reads the model version from the checkpoint itself",
-    "epoch": "the kohya_ss GUI's copy of max_train_epochs, which it also writes",
-}
-
-# Accepted kohya keys outside the schema (so not in the form) that training does read, and how far.
-HONOURED_NOTES: dict[str, str] = {
-    "no_half_vae": "same behaviour (true keeps the VAE in fp32 under mixed precision)",
-}
-
-# Keys that kohya does not know: SD-Train's own (kohya leaves them unused when it reads SD-Train's TOML).
-SDTRAIN_ONLY_KEYS = frozenset({"tokenizer", "conv_dim", "conv_alpha", "trigger_word", "preset"})
-
-KEY_TABLE_START = "<!-- kohya-keys:start (generated by lib_sdtrain.train.options.key_table_markdown) -->"
-KEY_TABLE_END = "<!-- kohya-keys:end -->"
-
-
-def _shown_values(accepted: tuple) -> str:
-    return " or ".join("empty" if a is None else f"`{toml_value(a)}`" for a in accepted)
-
-
-def key_status(key: str) -> tuple[str, str]:
-    """(group, status) of a kohya key in the README's table; KeyError for a key SD-Train does not know."""
-    from lib_sdtrain.train.config import DEFAULT_ONLY_KEYS, KOHYA_DEFAULTS, REFUSED_KEYS
-
-    if key in _BY_NAME:
-        option = _BY_NAME[key]
-        if key in SDTRAIN_ONLY_KEYS:
-            return option.title, "SD-Train's own key (kohya does not read it)"
-        if key in KOHYA_DEFAULTS:
-            return option.title, (
-                f"same behaviour; **default differs**: SD-Train {display_value(option.default)}, "
-                f"kohya {KOHYA_DEFAULTS[key]}"
-            )
-        return option.title, "same behaviour"
-    if key in REFUSED_KEYS:
-        return "Refused", f"refused ({REFUSED_KEYS[key]})"
-    if key in HONOURED_NOTES:
-        return "Read outside the form", HONOURED_NOTES[key]
-    if key in NO_OP_NOTES and not DEFAULT_ONLY_KEYS.get(key):
-        return "Accepted as a no-op", f"accepted as a no-op ({NO_OP_NOTES[key]})"
-    if key in DEFAULT_ONLY_KEYS:
-        accepted = DEFAULT_ONLY_KEYS[key]
-        if not accepted:
-            return (
-                "Accepted as a no-op",
-                "accepted as a no-op (used only by a setting that is refused unless at its default)",
-            )
-        return "kohya defaults only", (
-            f"accepted at {_shown_values(accepted)} (no effect); any other value is refused (not implemented)"
-        )
-    if key in IGNORED_KEYS:
-        return "Accepted, not used", "accepted but not used: named in a warning when training starts"
-    raise KeyError(key)
-
-
-_GROUP_ORDER = (
-    *(title for title, _ in CATEGORIES.values()),
-    "Read outside the form",
-    "Accepted as a no-op",
-    "kohya defaults only",
-    "Accepted, not used",
-    "Refused",
-)
-
-
-def key_table_markdown() -> str:
-    """The README's "kohya keys" table: every key SD-Train knows, grouped, with what it does with it; generated from
-    the option schema and config.py's key tables, and compared with the README by a test so it never goes stale."""
-    from lib_sdtrain.train.config import REFUSED_KEYS
-
-    rows: dict[str, list[tuple[str, str]]] = {group: [] for group in _GROUP_ORDER}
-    for key in [o.name for o in OPTIONS] + sorted(IGNORED_KEYS) + sorted(REFUSED_KEYS):
-        group, status = key_status(key)
-        rows[group].append((key, status))
-    lines = [KEY_TABLE_START]
-    for group, entries in rows.items():
-        if not entries:
-            continue
-        lines += ["", f"**{group}**", "", "| key | SD-Train |", "| --- | --- |"]
-        lines += [f"| `{key}` | {status} |" for key, status in entries]
-    lines += ["", KEY_TABLE_END]
-    return "\n".join(lines)
-
-
-def readme_key_table(readme_text: str) -> str:
-    """The generated part of the README (between the markers), to compare with key_table_markdown()."""
-    start = readme_text.index(KEY_TABLE_START)
-    end = readme_text.index(KEY_TABLE_END) + len(KEY_TABLE_END)
-    return readme_text[start:end]
-
-
-def update_readme_key_table(readme: Path) -> bool:
-    """Rewrite the README's generated table in place; True when it changed."""
-    text = readme.read_text(encoding="utf-8")
-    new = text.replace(readme_key_table(text), key_table_markdown())
-    if new != text:
-        readme.write_text(new, encoding="utf-8")
-    return new != text
-
-
-if __name__ == "__main__":  # python -m lib_sdtrain.train.options [README.md]: print the table, or update the README
-    import sys
-
-    if len(sys.argv) > 1:
-        print("updated" if update_readme_key_table(Path(sys.argv[1])) else "up to date")
-    else:
-        print(key_table_markdown())

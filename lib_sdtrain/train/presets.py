@@ -12,8 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from lib_sdtrain.errors import ConfigError
-from lib_sdtrain.train.config import IGNORED_KEYS, flatten_toml, read_toml
-from lib_sdtrain.train.options import OPTIONS, coerce_value, config_to_toml, display_value, option_by_name
+from lib_sdtrain.train.config import flatten_toml, read_toml
+from lib_sdtrain.train.kohya_keys import ACCEPTED_OUTSIDE_SCHEMA
+from lib_sdtrain.train.options import OPTIONS, coerce_value, display_value, option_by_name
+from lib_sdtrain.train.toml_writer import config_to_toml
 from lib_sdtrain.utils.files import atomic_write_text, check_safe_name
 
 BUILTIN_DIR = Path(__file__).with_name("presets")
@@ -76,7 +78,8 @@ def describe_preset(values: dict[str, Any]) -> list[tuple[str, str, str]]:
     rows = [
         (option.name, display_value(values[option.name]), option.help) for option in OPTIONS if option.name in values
     ]
-    rows += [(key, display_value(value), UNUSED_KEY_HELP) for key, value in values.items() if key in IGNORED_KEYS]
+    outside = [(key, value) for key, value in values.items() if key in ACCEPTED_OUTSIDE_SCHEMA]
+    rows += [(key, display_value(value), UNUSED_KEY_HELP) for key, value in outside]
     return rows
 
 
@@ -86,7 +89,7 @@ def read_preset(path: Path, builtin: bool) -> Preset:
     values: dict[str, Any] = {}
     for key, value in raw.items():
         try:
-            values[key] = value if key in IGNORED_KEYS else coerce_value(option_by_name(key), value)
+            values[key] = value if key in ACCEPTED_OUTSIDE_SCHEMA else coerce_value(option_by_name(key), value)
         except ConfigError as e:
             raise ConfigError(f"Preset {path.name}: {e}") from None
     return Preset(path.stem, path, builtin, values, _description(path))

@@ -29,7 +29,7 @@ def run_config_path(config: TrainConfig) -> Path:
 
 
 def save_run_config(config: TrainConfig) -> Path:
-    from lib_sdtrain.train.options import config_to_toml
+    from lib_sdtrain.train.toml_writer import config_to_toml
 
     path = run_config_path(config)
     atomic_write_text(path, config_to_toml(config_values(config), only_changed=False))

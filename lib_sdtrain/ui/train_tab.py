@@ -13,8 +13,9 @@ import pandas as pd
 
 from lib_sdtrain.jobs import runner
 from lib_sdtrain.train import presets
-from lib_sdtrain.train.options import CATEGORIES, OPTIONS, config_to_toml
+from lib_sdtrain.train.options import CATEGORIES, OPTIONS
 from lib_sdtrain.train.run import list_run_configs, list_states
+from lib_sdtrain.train.toml_writer import config_to_toml
 from lib_sdtrain.ui.common import error_for, field_classes, message_html, resolve_folder
 from lib_sdtrain.ui.option_form import OptionForm
 

@@ -66,7 +66,7 @@ def base_options(dataset: Path) -> dict:
 
 
 def write_toml(path: Path, values: dict) -> Path:
-    from lib_sdtrain.train.options import toml_value
+    from lib_sdtrain.train.toml_writer import toml_value
 
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(f"{key} = {toml_value(value)}\n" for key, value in values.items()))

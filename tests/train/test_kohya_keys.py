@@ -9,16 +9,12 @@ import pytest
 import tomllib
 
 from lib_sdtrain.errors import ConfigError
-from lib_sdtrain.train.config import (
-    DEFAULT_ONLY_KEYS,
-    IGNORED_KEYS,
-    KNOWN_KEYS,
-    KOHYA_DEFAULTS,
-    REFUSED_KEYS,
-    config_from_dict,
-    flatten_toml,
-)
-from lib_sdtrain.train.options import OPTIONS, key_status, key_table_markdown, readme_key_table
+from lib_sdtrain.train.config import KNOWN_KEYS, config_from_dict, flatten_toml
+from lib_sdtrain.train.key_table import key_status, key_table_markdown, readme_key_table, table_keys
+from lib_sdtrain.train.kohya_keys import ACCEPTED_OUTSIDE_SCHEMA, BY_KEY, KOHYA_DEFAULTS, KOHYA_KEYS, Policy, refusal
+from lib_sdtrain.train.options import OPTIONS
+
+REFUSED = {e.key: e.note for e in KOHYA_KEYS if e.policy is Policy.REFUSED}
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 
@@ -27,16 +23,17 @@ README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 def test_readme_key_table_is_the_generated_one():
-    """When this fails, regenerate: `.venv/bin/python -m lib_sdtrain.train.options README.md`."""
+    """When this fails, regenerate: `.venv/bin/python -m lib_sdtrain.train.key_table README.md`."""
     assert readme_key_table(README.read_text(encoding="utf-8")) == key_table_markdown()
 
 
 def test_key_table_lists_every_known_key_once():
     table = key_table_markdown()
-    keys = [o.name for o in OPTIONS] + sorted(IGNORED_KEYS) + sorted(REFUSED_KEYS)
+    keys = [o.name for o in OPTIONS] + sorted(ACCEPTED_OUTSIDE_SCHEMA) + sorted(REFUSED)
+    assert sorted(table_keys()) == sorted(keys)
     for key in keys:
         assert table.count(f"| `{key}` |") == 1, key
-    assert not (KNOWN_KEYS | IGNORED_KEYS) & set(REFUSED_KEYS)
+    assert not (KNOWN_KEYS | ACCEPTED_OUTSIDE_SCHEMA) & set(REFUSED)
     for key in KOHYA_DEFAULTS:
         assert "default differs" in key_status(key)[1], key
     readme = README.read_text(encoding="utf-8")
@@ -45,10 +42,37 @@ def test_key_table_lists_every_known_key_once():
 
 
 def test_refused_keys_say_why():
-    for key, reason in REFUSED_KEYS.items():
+    for key, reason in REFUSED.items():
         with pytest.raises(ConfigError, match=rf"^{key} is not supported by SD-Train: .+") as caught:
             config_from_dict({key: True})
         assert reason in str(caught.value)
+
+
+def _other_value(accepted: tuple):
+    """A value none of `accepted` equals."""
+    return "something else" if not any(isinstance(a, str) and a for a in accepted) else 12345
+
+
+@pytest.mark.parametrize("entry", KOHYA_KEYS, ids=lambda e: e.key)
+def test_each_key_behaves_as_its_policy_says(entry):
+    """The checks are the table's: every entry, applied through config_from_dict, does what its policy names."""
+    required = {"pretrained_model_name_or_path": "m", "train_data_dir": "d"}
+    if entry.policy in (Policy.DEFAULT_DIFFERS, Policy.SDTRAIN_ONLY):
+        assert entry.key in KNOWN_KEYS and entry.key not in ACCEPTED_OUTSIDE_SCHEMA
+        assert (entry.key in KOHYA_DEFAULTS) == (entry.policy is Policy.DEFAULT_DIFFERS)
+    elif entry.policy is Policy.REFUSED:
+        assert refusal(entry.key) == entry.note
+        with pytest.raises(ConfigError, match=rf"^{entry.key} is not supported by SD-Train"):
+            config_from_dict({**required, entry.key: False})
+    elif entry.policy is Policy.DEFAULT_ONLY:
+        for value in entry.accepted:
+            assert config_from_dict({**required, entry.key: value}).ignored == {entry.key: value}
+        with pytest.raises(ConfigError, match=rf"^{entry.key} = .* is not implemented in SD-Train"):
+            config_from_dict({**required, entry.key: _other_value(entry.accepted)})
+    else:  # HONOURED and NO_OP: any value is accepted, outside the schema
+        for value in (True, False, "text"):
+            assert config_from_dict({**required, entry.key: value}).ignored == {entry.key: value}
+    assert key_status(entry.key)[1], entry.key  # and the README says what happens
 
 
 # --- kohya's own example configs ----------------------------------------------------------------------------------
@@ -235,7 +259,7 @@ def test_kohya_example_configs_are_honoured_or_reported(text, tmp_path):
 @pytest.mark.parametrize(("key", "value"), sorted(GUI_NOT_IMPLEMENTED.items()))
 def test_gui_values_sd_train_cannot_honour_are_refused(key, value):
     values = {**_example_keys(KOHYA_SS_GUI), key: value}
-    assert DEFAULT_ONLY_KEYS[key], key
+    assert BY_KEY[key].policy is Policy.DEFAULT_ONLY and BY_KEY[key].accepted, key
     with pytest.raises(ConfigError, match=rf"^{key} = .* is not implemented in SD-Train"):
         config_from_dict(values)
 
@@ -253,7 +277,5 @@ def test_network_args_sd_train_cannot_honour_are_refused(entry, message):
 def test_no_key_is_accepted_and_then_ignored():
     """Every accepted kohya key is honoured, a no-op only for speed/memory/logging (with its note), or accepted only
     at a value that changes nothing: the README table has no "accepted but not used" group."""
-    from lib_sdtrain.train.options import key_status
-
-    statuses = {key: key_status(key)[0] for key in IGNORED_KEYS}
+    statuses = {key: key_status(key)[0] for key in ACCEPTED_OUTSIDE_SCHEMA}
     assert "Accepted, not used" not in statuses.values(), statuses

@@ -14,7 +14,8 @@ from lib_sdtrain.errors import ConfigError
 from lib_sdtrain.network.kohya_file import load_lora
 from lib_sdtrain.network.lora import LoRANetwork, NetworkSpec
 from lib_sdtrain.train import noise_and_loss as nl
-from lib_sdtrain.train.config import DEFAULT_ONLY_KEYS, IGNORED_KEYS, KNOWN_KEYS, config_from_dict, load_config
+from lib_sdtrain.train.config import KNOWN_KEYS, config_from_dict, load_config
+from lib_sdtrain.train.kohya_keys import ACCEPTED_OUTSIDE_SCHEMA
 from lib_sdtrain.train.loop import Trainer, train
 from lib_sdtrain.utils.progress import CallbackProgress
 from tests.train.conftest import train_settings
@@ -43,7 +44,7 @@ def _sd_scheduler():
 
 def test_keys_are_schema_options_not_default_only():
     for key in IMPLEMENTED:
-        assert key in KNOWN_KEYS and key not in IGNORED_KEYS and key not in DEFAULT_ONLY_KEYS, key
+        assert key in KNOWN_KEYS and key not in ACCEPTED_OUTSIDE_SCHEMA, key
     values = {"pretrained_model_name_or_path": "m", "train_data_dir": "d", "loss_type": "huber", "min_timestep": 100}
     config = config_from_dict({**values, "noise_offset_type": "Multires", "multires_noise_iterations": 6})
     assert (config.loss_type, config.min_timestep, config.multires_noise_iterations) == ("huber", 100, 6)
