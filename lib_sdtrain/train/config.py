@@ -59,15 +59,20 @@ def opt(
     minimum: float | None = None,
     maximum: float | None = None,
     below: float | None = None,
+    per_subset: bool = False,
+    trains: tuple[str, ...] | None = None,
 ) -> Any:  # returns a dataclasses.Field; typed Any so the field annotations stay the value types
     """A TrainConfig field carrying its user-facing description; lib_sdtrain.train.options turns these into the
     schema that drives the CLI help, TOML validation and writing, presets and the UI's form.
 
     `kind` says what a text or list option holds (a path to check, a name, plain text); options with `choices` are
-    plain text. `minimum`/`maximum` bound a number (inclusive), `below` from above (exclusive)."""
+    plain text. `minimum`/`maximum` bound a number (inclusive), `below` from above (exclusive). `per_subset`: a
+    caption or image setting that a dataset_config may set per subset, as kohya's. `trains`: the kinds of training
+    (options.TRAINING_KINDS) it means something for; by default a network option's are the LoRA kinds, any other's
+    all of them."""
     metadata = {
         "help": help, "category": category, "choices": choices, "common": common, "kind": kind,
-        "range": (minimum, maximum, below),
+        "range": (minimum, maximum, below), "per_subset": per_subset, "trains": trains,
     }  # fmt: skip
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=metadata)
@@ -201,6 +206,7 @@ class TrainConfig:
         "Shuffle the comma-separated tags of each caption at every step, so no tag order is learnt; keep_tokens "
         "keeps the first ones (the trigger word) in place.",
         "dataset",
+        per_subset=True,
     )
     keep_tokens: int = opt(
         0,
@@ -208,6 +214,7 @@ class TrainConfig:
         "in front. 0: none.",
         "dataset",
         minimum=0,
+        per_subset=True,
     )
     caption_dropout_rate: float = opt(
         0.0,
@@ -215,6 +222,7 @@ class TrainConfig:
         "prompt. 0: never.",
         "dataset",
         minimum=0, maximum=1,
+        per_subset=True,
     )
     max_token_length: int = opt(
         75,
@@ -228,6 +236,7 @@ class TrainConfig:
         "Also train on horizontally mirrored images: more variety for symmetric subjects; leave off for text, "
         "logos or one-sided features.",
         "dataset",
+        per_subset=True,
     )
     random_crop: bool = opt(
         False,
@@ -235,20 +244,24 @@ class TrainConfig:
         "without buckets an image larger than `resolution` is cut at its own scale, as in kohya. Images are then "
         "encoded at every step: it cannot be used with cached latents (cache_latents true or .npz files).",
         "dataset",
+        per_subset=True,
     )
     color_aug: bool = opt(
         False,
         "Weak colour augmentation (kohya's color_aug): a third of the steps shift an image's hue (up to 16 "
         "degrees) or its gamma (0.95 to 1.05). Images are then encoded at every step: not with cached latents.",
         "dataset",
+        per_subset=True,
     )
     caption_prefix: str | None = opt(
         None, "Text put before every caption, with a space (kohya's caption_prefix). Empty: none.", "dataset",
         kind=PathKind.TEXT,
+        per_subset=True,
     )
     caption_suffix: str | None = opt(
         None, "Text put after every caption, with a space (kohya's caption_suffix). Empty: none.", "dataset",
         kind=PathKind.TEXT,
+        per_subset=True,
     )
     caption_separator: str = opt(
         ",",
@@ -256,6 +269,7 @@ class TrainConfig:
         "(kohya's caption_separator); the processed tags are joined with ', '.",
         "dataset",
         kind=PathKind.TEXT,
+        per_subset=True,
     )
     keep_tokens_separator: str = opt(
         "",
@@ -265,6 +279,7 @@ class TrainConfig:
         "Empty: none.",
         "dataset",
         kind=PathKind.TEXT,
+        per_subset=True,
     )
     secondary_separator: str | None = opt(
         None,
@@ -272,12 +287,14 @@ class TrainConfig:
         "and the separator becomes caption_separator afterwards (kohya's secondary_separator). Empty: none.",
         "dataset",
         kind=PathKind.TEXT,
+        per_subset=True,
     )
     enable_wildcard: bool = opt(
         False,
         "Wildcards in captions (kohya's enable_wildcard): {red|blue} picks one choice at each step, and a caption "
         "file with several lines gives one line at random ({{ and }} are plain braces). Off: the first line only.",
         "dataset",
+        per_subset=True,
     )
     caption_tag_dropout_rate: float = opt(
         0.0,
@@ -285,18 +302,21 @@ class TrainConfig:
         "so no single tag carries the concept. 0: never.",
         "dataset",
         minimum=0, maximum=1,
+        per_subset=True,
     )
     caption_dropout_every_n_epochs: int = opt(
         0,
         "Train every n-th epoch with empty captions (kohya's caption_dropout_every_n_epochs). 0: never.",
         "dataset",
         minimum=0,
+        per_subset=True,
     )
     token_warmup_min: int = opt(
         1,
         "Token warmup: how many tags (after the kept ones) captions start with (kohya's token_warmup_min).",
         "dataset",
         minimum=0,
+        per_subset=True,
     )
     token_warmup_step: float = opt(
         0.0,
@@ -304,6 +324,7 @@ class TrainConfig:
         "it is a fraction of max_train_steps (kohya's token_warmup_step). 0: off, whole captions from the start.",
         "dataset",
         minimum=0,
+        per_subset=True,
     )
     # --- network (None: full fine-tune)
     network_module: str | None = opt(
@@ -343,6 +364,7 @@ class TrainConfig:
         "textures; 4 to 32. Empty: attention and linear layers only.",
         "network",
         minimum=0,
+        trains=("locon",),
     )
     conv_alpha: float | None = opt(
         None,
@@ -350,6 +372,7 @@ class TrainConfig:
         "Empty: the same as conv_dim.",
         "network",
         minimum=0,
+        trains=("locon",),
     )
     network_args: list[str] = opt(  # noqa: RUF009 - opt gives a list a default_factory
         [],
@@ -717,6 +740,7 @@ class TrainConfig:
         "Full fine-tune only: also train the text encoder (more memory, easily overtrained). A LoRA trains its "
         "text-encoder part unless network_train_unet_only.",
         "training",
+        trains=("full",),
     )
     logging_dir: str | None = opt(
         None,

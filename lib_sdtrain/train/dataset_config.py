@@ -27,39 +27,31 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lib_sdtrain.errors import ConfigError, shorten
 from lib_sdtrain.train.config import TrainConfig, read_toml
+from lib_sdtrain.train.options import OPTIONS, Option, coerce_value, option_by_name
 from lib_sdtrain.utils.path_kinds import PathKind
 
-
-@dataclass(frozen=True)
-class Augment:
-    """Per-subset caption and image augmentation (kohya sets these per subset); the names are TrainConfig's, so a
-    TrainConfig serves as the flat layouts' Augment."""
-
-    shuffle_caption: bool = False
-    keep_tokens: int = 0
-    caption_dropout_rate: float = 0.0
-    flip_aug: bool = False
-    caption_prefix: str | None = None
-    caption_suffix: str | None = None
-    caption_separator: str = ","
-    keep_tokens_separator: str = ""
-    secondary_separator: str | None = None
-    enable_wildcard: bool = False
-    caption_tag_dropout_rate: float = 0.0
-    caption_dropout_every_n_epochs: int = 0
-    token_warmup_min: int = 1
-    token_warmup_step: float = 0.0
-    color_aug: bool = False
-    random_crop: bool = False
+AUGMENT_KEYS = tuple(o.name for o in OPTIONS if o.per_subset)
+"""The caption and image settings kohya sets per subset (opt(..., per_subset=True) in config.py)."""
 
 
-AUGMENT_KEYS = tuple(f.name for f in dataclasses.fields(Augment))
+def _augment_class() -> type:
+    hints = typing.get_type_hints(TrainConfig)
+    fields = [(o.name, hints[o.name], dataclasses.field(default=o.default)) for o in OPTIONS if o.per_subset]
+    doc = "One subset's caption and image settings, under TrainConfig's names, types and defaults."
+    return dataclasses.make_dataclass("Augment", fields, frozen=True, namespace={"__doc__": doc})
+
+
+if TYPE_CHECKING:
+    Augment = TrainConfig  # for the type checker: the same names and types, so a TrainConfig serves as one
+else:
+    Augment = _augment_class()
 
 
 @dataclass(frozen=True)
@@ -250,7 +242,6 @@ def _value(key: str, scopes: list[dict], where: str) -> Any:
 
 def _coerce(key: str, value: Any, where: str) -> Any:
     """`value` checked as the training option `key` falls back to (type, range, shape), under the key's own name."""
-    from lib_sdtrain.train.options import Option, coerce_value, option_by_name
 
     field = DATASET_FIELDS.get(key) or SUBSET_FIELDS.get(key, (None, None))[0]
     if field is not None:

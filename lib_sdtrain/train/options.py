@@ -35,6 +35,8 @@ CATEGORIES: dict[str, tuple[str, str]] = {
 }
 
 VALUE_TYPES = (bool, int, float, str, list)
+TRAINING_KINDS = ("lora", "locon", "full")  # a LoRA, a LoRA with 3x3 convolutions (LoCon), a full fine-tune
+LORA_KINDS = ("lora", "locon")
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,8 @@ class Option:
     minimum: float | None = None  # numbers: the smallest allowed value
     maximum: float | None = None  # the largest allowed value
     below: float | None = None  # values must be smaller than this
+    per_subset: bool = False  # a dataset_config subset may set it (kohya's per-subset caption and image settings)
+    trains: frozenset[str] = frozenset()  # the TRAINING_KINDS it means something for
 
     @property
     def range_text(self) -> str:
@@ -99,9 +103,12 @@ def _option_from_field(f: dataclasses.Field, annotation: Any) -> Option:
         raise TypeError(f"TrainConfig.{f.name} holds text: say what with opt(..., kind=PathKind.<kind>)")
     default = f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
     minimum, maximum, below = meta["range"]
+    trains = frozenset(meta["trains"] or (LORA_KINDS if meta["category"] == "network" else TRAINING_KINDS))
+    if not trains <= set(TRAINING_KINDS):
+        raise TypeError(f"TrainConfig.{f.name}: trains= takes some of {TRAINING_KINDS}")
     return Option(
         f.name, value_type, default, meta["help"], meta["category"], meta["choices"], optional, meta["common"],
-        kind, minimum, maximum, below,
+        kind, minimum, maximum, below, meta["per_subset"], trains,
     )  # fmt: skip
 
 

@@ -13,13 +13,14 @@ import pandas as pd
 
 from lib_sdtrain.jobs import runner
 from lib_sdtrain.train import presets
-from lib_sdtrain.train.options import CATEGORIES, OPTIONS
+from lib_sdtrain.train.options import CATEGORIES, OPTIONS, TRAINING_KINDS, Option
 from lib_sdtrain.train.run import list_run_configs, list_states
 from lib_sdtrain.train.toml_writer import config_to_toml
 from lib_sdtrain.ui.common import error_for, field_classes, message_html, resolve_folder
 from lib_sdtrain.ui.option_form import OptionForm
 
 MODES = ("LoRA", "LoCon (LoRA + 3x3 convolutions)", "Full fine-tune")
+MODE_KINDS = dict(zip(MODES, TRAINING_KINDS, strict=True))
 LOCON_DEFAULT_DIM, LOCON_DEFAULT_ALPHA = 8, 1.0
 # Fields the form lays out itself: the mode radio sets network_module; the rest are placed first, in this order.
 MODE_KEYS = ("network_module",)
@@ -72,18 +73,9 @@ def form_to_values(host, form: OptionForm, mode: str, prompts: str, raw: list[An
     return values
 
 
-# Options that mean something only for some kinds of training: the form hides the others (they would be ignored).
-LORA_ONLY_CATEGORY = "network"
-FULL_ONLY = frozenset({"train_text_encoder"})
-LOCON_ONLY = frozenset({"conv_dim", "conv_alpha"})
-
-
-def applies_to(option, mode: str) -> bool:
-    if mode == MODES[2]:
-        return option.category != LORA_ONLY_CATEGORY
-    if option.name in FULL_ONLY:
-        return False
-    return option.name not in LOCON_ONLY or mode == MODES[1]
+def applies_to(option: Option, mode: str) -> bool:
+    """Whether an option means something for what is being trained (the form hides the others)."""
+    return MODE_KINDS[mode] in option.trains
 
 
 def mode_of(values: dict[str, Any]) -> str:
