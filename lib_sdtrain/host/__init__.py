@@ -14,15 +14,19 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from types import ModuleType
 
 from lib_sdtrain.host import standalone, webui
-from lib_sdtrain.host.types import GpuBusyError, LoadedCheckpoint, LoadedWeights
+from lib_sdtrain.host.types import GpuBusyError, Host, LoadedCheckpoint, LoadedWeights
 
-__all__ = ["GpuBusyError", "LoadedCheckpoint", "LoadedWeights", "current", "training_session"]
+__all__ = ["GpuBusyError", "Host", "LoadedCheckpoint", "LoadedWeights", "current", "training_session"]
+
+# Where a type checker checks both modules against the Host protocol (tests/host/test_webui_host.py checks the same
+# at run time, signature by signature).
+_WEBUI: Host = webui
+_STANDALONE: Host = standalone
 
 
-def current() -> ModuleType:
+def current() -> Host:
     """host.webui inside a running WebUI, else host.standalone."""
     return webui if webui.is_webui() else standalone
 
@@ -30,7 +34,7 @@ def current() -> ModuleType:
 @contextlib.contextmanager
 def training_session(
     job_name: str, *, task_id: str | None = None, unload: bool | None = None, wait: bool = True
-) -> Iterator[ModuleType]:
+) -> Iterator[Host]:
     """Everything around a GPU job, in the order that keeps the WebUI consistent: take the GPU lock (queueing
     behind generations), start the WebUI job, free VRAM; afterwards give the model back, end the job, release the
     lock, also when the job raised. Yields the host. Do not nest it inside wrap_gradio_gpu_call (same lock)."""

@@ -8,12 +8,17 @@ starts a stage through the job runner, and the page polls the runner for what is
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import gradio as gr
 
 from lib_sdtrain import __version__
 from lib_sdtrain.jobs import runner
 from lib_sdtrain.ui import dataset_tab, monitor, prepare_tab, train_tab
 from lib_sdtrain.ui.common import error_for, message_html, subfolders
+
+if TYPE_CHECKING:
+    from lib_sdtrain.host.types import Host
 
 ELEM_ID = "sdtrain"
 # The demo set's images are 96-128 px: these buckets (as the demo-tiny preset) upscale nothing.
@@ -22,7 +27,7 @@ DEMO_PRESET = "demo-tiny"
 DEMO_PROMPTS = "sks, creature --w 96 --h 96 --s 8 --d 1\ncreature, meadow --w 96 --h 96 --s 8 --d 2"
 
 
-def build_ui(host, css: str | None = None) -> gr.Blocks:
+def build_ui(host: Host, css: str | None = None) -> gr.Blocks:
     model_choices = host.base_model_choices()
     with gr.Blocks(analytics_enabled=False, elem_id=ELEM_ID, title="SD-Train", css=css) as blocks:
         with gr.Row(elem_classes=["sdtrain-header"], equal_height=False):
@@ -109,7 +114,7 @@ def build_ui(host, css: str | None = None) -> gr.Blocks:
     return blocks
 
 
-def _notice_text(host, model_choices: list[str]) -> str:
+def _notice_text(host: Host, model_choices: list[str]) -> str:
     """Where the models go (they are downloaded on first use only where the hub can be reached), and the demo."""
     folders = (
         f"Captioning and tagging download BLIP and the WD14 tagger from the Hugging Face hub on first use; offline, "
@@ -135,7 +140,7 @@ def _notice_text(host, model_choices: list[str]) -> str:
     return f"{folders} Want to try the workflow first? The demo makes tiny random-weight models and a small dataset."
 
 
-def _demo_notice(host, model_choices: list[str]):
+def _demo_notice(host: Host, model_choices: list[str]):
     """Where the models go, and the demo set: open when the standalone app has no model at all."""
     text = _notice_text(host, model_choices)
     open_now = not model_choices and not host.is_webui()
@@ -145,7 +150,7 @@ def _demo_notice(host, model_choices: list[str]):
     return button, notice
 
 
-def _make_demo(host):
+def _make_demo(host: Host):
     from lib_sdtrain.demo.make import make_demo
 
     try:

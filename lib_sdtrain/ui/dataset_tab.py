@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 
@@ -15,6 +15,9 @@ from lib_sdtrain.dataset.tagging import DEFAULT_REPO
 from lib_sdtrain.errors import InputError, SDTrainError
 from lib_sdtrain.models import discovery
 from lib_sdtrain.ui.common import error_for, field_classes, message_html, resolve_folder, start_job, subfolders
+
+if TYPE_CHECKING:
+    from lib_sdtrain.host.types import Host
 
 PAGE_SIZE = 24
 CAPTION_EXT, TAG_EXT = ".caption", ".txt"
@@ -35,7 +38,7 @@ class DatasetControls:
     models: list  # the BLIP and tagger dropdowns
 
 
-def folder_path(host, value: str) -> Path:
+def folder_path(host: Host, value: str) -> Path:
     """The folder a user chose, checked against the host's access rule (--listen confines it)."""
     if not value:
         raise InputError("train_data_dir", "Choose a dataset folder, or upload images into a new one.")
@@ -48,11 +51,11 @@ def folder_path(host, value: str) -> Path:
     return path
 
 
-def blip_choices(host) -> list[str]:
+def blip_choices(host: Host) -> list[str]:
     return [str(p) for p in discovery.blip_models([host.models_dir()])] + [DEFAULT_BLIP]
 
 
-def tagger_choices(host) -> list[str]:
+def tagger_choices(host: Host) -> list[str]:
     return [str(p) for p in discovery.taggers([host.models_dir()])] + [DEFAULT_REPO]
 
 
@@ -64,7 +67,7 @@ def _label(entry: editing.Entry) -> str:
     return f"{entry.name} · {caption} · {len(entry.tags)} tags"
 
 
-def show_page(host, folder: str, query: str, untagged: bool, page: float | None):
+def show_page(host: Host, folder: str, query: str, untagged: bool, page: float | None):
     """The gallery page of the filtered images: (gallery, state, 'N of M shown', page, message)."""
     try:
         path = folder_path(host, folder)
@@ -150,7 +153,9 @@ def apply_bulk(state: dict, operation: str, tag: str, replacement: str) -> str:
 # --- jobs ------------------------------------------------------------------------------------------------------------
 
 
-def start_caption(host, folder, model, beam_search, overwrite, batch_size, num_beams, top_p, min_length, max_length):
+def start_caption(
+    host: Host, folder, model, beam_search, overwrite, batch_size, num_beams, top_p, min_length, max_length
+):
     def options():
         return {
             "train_data_dir": str(folder_path(host, folder)), "caption_weights": model, "beam_search": beam_search,
@@ -161,7 +166,7 @@ def start_caption(host, folder, model, beam_search, overwrite, batch_size, num_b
     return start_job("caption", options, "Existing captions are kept unless 'Overwrite' is ticked.")
 
 
-def start_tag(host, folder, model, thresh, remove_underscore, existing, character_threshold, undesired, rating):
+def start_tag(host: Host, folder, model, thresh, remove_underscore, existing, character_threshold, undesired, rating):
     def options():
         model_key = "model_dir" if Path(model).expanduser().is_dir() else "repo_id"
         return {
@@ -174,11 +179,11 @@ def start_tag(host, folder, model, thresh, remove_underscore, existing, characte
     return start_job("tag", options)
 
 
-def start_report(host, folder) -> str:
+def start_report(host: Host, folder) -> str:
     return start_job("report", lambda: {"train_data_dir": str(folder_path(host, folder))})
 
 
-def upload(host, files, name: str):
+def upload(host: Host, files, name: str):
     if not files:
         return gr.update(), message_html("Choose images or a zip file first.", "error")
     try:
@@ -195,7 +200,7 @@ def upload(host, files, name: str):
 # --- layout ----------------------------------------------------------------------------------------------------------
 
 
-def build(host) -> DatasetControls:
+def build(host: Host) -> DatasetControls:
     with gr.Row(elem_classes=["sdtrain-row"]):
         folder = gr.Dropdown(
             label="Dataset folder", choices=subfolders(host.dataset_dir()), allow_custom_value=True, scale=4,

@@ -3,11 +3,16 @@ txt2img or img2img, at a chosen weight, against the same seed without it."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import gradio as gr
 
 from lib_sdtrain.generate.pipeline import SAMPLERS
 from lib_sdtrain.models import discovery
 from lib_sdtrain.ui.common import error_for, message_html
+
+if TYPE_CHECKING:
+    from lib_sdtrain.host.types import Host
 
 NO_LORA = "(none)"
 _generator = None
@@ -23,11 +28,11 @@ def generator():
     return _generator
 
 
-def lora_choices(host) -> list[str]:
+def lora_choices(host: Host) -> list[str]:
     return [NO_LORA, *(str(p) for p in discovery.lora_files([host.output_dir(), host.lora_dir()]))]
 
 
-def generate(host, model, lora, weight, prompt, negative, sampler, steps, cfg, width, height, seed, init_image,
+def generate(host: Host, model, lora, weight, prompt, negative, sampler, steps, cfg, width, height, seed, init_image,
              strength, compare):  # fmt: skip
     """Images for the gallery: with the LoRA, and (compare) the same seed without it."""
     from lib_sdtrain.generate import GenerationRequest
@@ -66,7 +71,7 @@ def _render(request, init_image, strength):
     return generator().txt2img(request)
 
 
-def build(host, model_choices: list[str]) -> tuple[gr.Dropdown, gr.Dropdown]:
+def build(host: Host, model_choices: list[str]) -> tuple[gr.Dropdown, gr.Dropdown]:
     """Returns the model and LoRA dropdowns (refreshed when a page loads)."""
     with gr.Row():
         model = gr.Dropdown(

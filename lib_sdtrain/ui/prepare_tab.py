@@ -4,11 +4,15 @@ their VAE latents (meta_lat.json + .npz), then show the bucket histogram and tab
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import gradio as gr
 
 from lib_sdtrain.ui.common import field_classes, start_job
 from lib_sdtrain.ui.dataset_tab import folder_path
+
+if TYPE_CHECKING:
+    from lib_sdtrain.host.types import Host
 
 
 @dataclass
@@ -18,7 +22,7 @@ class PrepareControls:
     bucket_fields: list  # resolution, smallest and largest side, step
 
 
-def start_prepare(host, folder, model, resolution, batch_size, precision, flip_aug, clean, skip_existing,
+def start_prepare(host: Host, folder, model, resolution, batch_size, precision, flip_aug, clean, skip_existing,
                   min_reso, max_reso, steps, no_upscale) -> str:  # fmt: skip
     def options():
         return {
@@ -47,7 +51,7 @@ def result_values(result: dict | None):
     return result.get("histogram"), rows, summary
 
 
-def build(host, folder: gr.Dropdown, model_choices: list[str]) -> PrepareControls:
+def build(host: Host, folder: gr.Dropdown, model_choices: list[str]) -> PrepareControls:
     gr.Markdown(
         "Merges each image's caption (`.caption`) and tags (`.txt`) into `meta_clean.json`, sorts the images into "
         "aspect-ratio buckets and caches their VAE latents, as kohya's `prepare_buckets_latents.py` does.",

@@ -6,6 +6,7 @@ from __future__ import annotations
 import inspect
 import threading
 import time
+import typing
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from lib_sdtrain import host
 from lib_sdtrain.errors import Cancelled, SDTrainError, UnsupportedModelError
 from lib_sdtrain.host import standalone
 from lib_sdtrain.host import webui as adapter
+from lib_sdtrain.host.types import Host
 from lib_sdtrain.models.loading import load_sd_model
 from lib_sdtrain.models.saving import sd_model_to_ldm
 from tests.host.conftest import hijacked_key, make_webui_model, merge_fake_lora
@@ -302,22 +304,41 @@ def test_routes_are_protected_like_the_webuis_api(start_webui, auth):
 # --- both hosts offer the same interface ---------------------------------------------------------------------------
 
 
-def test_standalone_and_webui_hosts_have_the_same_functions():
-    def public(module):
-        return {
-            name: inspect.signature(obj)
-            for name, obj in vars(module).items()
-            if callable(obj)
-            and not name.startswith("_")
-            and getattr(obj, "__module__", "") == module.__name__
-            and inspect.isfunction(obj)
-        }
+def _public_functions(module) -> dict[str, object]:
+    return {
+        name: obj
+        for name, obj in vars(module).items()
+        if inspect.isfunction(obj) and not name.startswith("_") and obj.__module__ == module.__name__
+    }
 
-    webui_functions, standalone_functions = public(adapter), public(standalone)
-    standalone_functions.pop("configure")
-    assert set(webui_functions) == set(standalone_functions)
-    for name, signature in webui_functions.items():
-        assert list(signature.parameters) == list(standalone_functions[name].parameters), name
+
+def _protocol_functions() -> dict[str, object]:
+    return {name: obj for name, obj in vars(Host).items() if inspect.isfunction(obj) and not name.startswith("_")}
+
+
+def test_standalone_and_webui_hosts_have_the_same_functions():
+    webui_functions, standalone_functions = _public_functions(adapter), _public_functions(standalone)
+    standalone_functions.pop("configure")  # how the standalone app sets its folders: not part of the contract
+    assert set(webui_functions) == set(standalone_functions) == set(_protocol_functions())
+
+
+@pytest.mark.parametrize("module", [adapter, standalone], ids=["webui", "standalone"])
+def test_both_hosts_implement_the_host_protocol(module):
+    """Every member of host.types.Host, with the Protocol's signature less `self`: the same parameters (names,
+    kinds, defaults, annotations) and the same return type (make_progress may return a subclass of Progress)."""
+    for name, kind in typing.get_type_hints(Host).items():
+        assert isinstance(getattr(module, name), kind), name
+    for name, member in _protocol_functions().items():
+        function = getattr(module, name, None)
+        assert inspect.isfunction(function), name
+        expected, actual = inspect.signature(member), inspect.signature(function)
+        assert list(expected.parameters.values())[1:] == list(actual.parameters.values()), name
+        expected_return = typing.get_type_hints(member).get("return", inspect.Signature.empty)
+        actual_return = typing.get_type_hints(function).get("return", inspect.Signature.empty)
+        if isinstance(expected_return, type) and isinstance(actual_return, type):
+            assert issubclass(actual_return, expected_return), name
+        else:
+            assert actual_return == expected_return, name
 
 
 def test_standalone_host_works_without_a_webui(tmp_path):
