@@ -20,10 +20,11 @@ from typing import Any
 from lib_sdtrain.errors import Cancelled, SDTrainError
 from lib_sdtrain.jobs.stages import STAGES, Stage, Work
 from lib_sdtrain.utils.progress import Progress
+from lib_sdtrain.utils.status import Status
 
 logger = logging.getLogger("sdtrain")
 
-RUNNING, DONE, FAILED, CANCELLED = "running", "done", "failed", "cancelled"
+RUNNING, DONE, FAILED, CANCELLED = Status.RUNNING, Status.DONE, Status.FAILED, Status.CANCELLED
 LOG_LINES = 1000
 MAX_CHART_POINTS = 2000  # the loss chart is redrawn whole on each update: keep it cheap for the browser
 
@@ -38,7 +39,7 @@ class Job:
     kind: str
     title: str
     options: dict[str, Any]
-    status: str = RUNNING
+    status: Status = RUNNING
     phase: str = "starting"
     done: int = 0
     total: int = 0
@@ -97,7 +98,7 @@ class Job:
             self._log(text)
             self.version += 1
 
-    def finish(self, status: str, result: dict[str, Any] | None = None, error: str | None = None) -> None:
+    def finish(self, status: Status, result: dict[str, Any] | None = None, error: str | None = None) -> None:
         with self._lock:
             self.status, self.result, self.error = status, result, error
             self.finished_at, self._finished_monotonic = time.time(), time.monotonic()
@@ -121,7 +122,7 @@ class Job:
                 "id": self.id,
                 "kind": self.kind,
                 "title": self.title,
-                "status": self.status,
+                "status": str(self.status),  # the plain string
                 "phase": self.phase,
                 "done": self.done,
                 "total": self.total,

@@ -24,11 +24,12 @@ from typing import TYPE_CHECKING, Any
 from lib_sdtrain.errors import SDTrainError
 from lib_sdtrain.train.outputs import OWNER_KEY
 from lib_sdtrain.utils.files import atomic_path, atomic_write_json, resolve_inside
+from lib_sdtrain.utils.status import Status
 
 if TYPE_CHECKING:
     from lib_sdtrain.train.loop import Trainer
 
-DONE, CANCELLED, FAILED = "done", "cancelled", "failed"
+DONE, CANCELLED, FAILED = Status.DONE, Status.CANCELLED, Status.FAILED
 PREFERRED_WEIGHT = 0.8
 MODEL_SUFFIXES = (".safetensors", ".ckpt", ".pt")
 MAX_ERROR_CHARS = 200
@@ -39,7 +40,7 @@ class RunSummary:
     """What the card says about a run; independent of the trainer so it can be built anywhere."""
 
     name: str
-    status: str
+    status: Status
     is_lora: bool
     sd_version: str
     steps: int
@@ -81,7 +82,7 @@ class Registered:
     files: list[Path] = field(default_factory=list)
 
 
-def summarize(trainer: Trainer, status: str, error: str = "") -> RunSummary:
+def summarize(trainer: Trainer, status: Status, error: str = "") -> RunSummary:
     config, model = trainer.config, trainer.model
     position = getattr(trainer, "position", None)  # absent when setup failed
     base = model.source_name or (Path(model.source).name if model.source else "an unnamed model")

@@ -15,6 +15,7 @@ from lib_sdtrain.train.register import CANCELLED, DONE, FAILED, PREFERRED_WEIGHT
 from lib_sdtrain.train.safe_save import check_output_writable
 from lib_sdtrain.utils.files import atomic_write_text
 from lib_sdtrain.utils.progress import Progress
+from lib_sdtrain.utils.status import Status
 
 if TYPE_CHECKING:
     from lib_sdtrain.train.loop import Trainer
@@ -115,7 +116,7 @@ def run_training(config: TrainConfig, progress: Progress, run: str = "an SD-Trai
     }
 
 
-def _register(host: Any, trainer: Trainer, status: str, progress: Progress, error: str = "") -> Registered:
+def _register(host: Any, trainer: Trainer, status: Status, progress: Progress, error: str = "") -> Registered:
     """Register the run's last save; a failure here is reported, never raised over the run's own outcome."""
     saved = trainer.last_good_save
     if saved is None or not Path(saved).is_file():

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from lib_sdtrain.errors import SDTrainError
+from lib_sdtrain.utils.status import Status
 
 
 def message_html(text: str, kind: str = "info", field: str = "") -> str:
@@ -61,8 +62,9 @@ def status_html(snapshot: dict[str, Any] | None) -> str:
     s = snapshot
     done, total = s["done"], s["total"]
     percent = 100.0 * done / total if total else 0.0
+    running = s["status"] == Status.RUNNING
     parts = [f"<b>{html.escape(s['title'])}</b>", html.escape(s["status"])]
-    if s["status"] == "running":
+    if running:
         parts.append(html.escape(s["phase"]))
         if total:
             parts.append(f"{done}/{total}")
@@ -76,7 +78,7 @@ def status_html(snapshot: dict[str, Any] | None) -> str:
             parts.append(f"loss {info['loss']:.4f}")
     else:
         parts.append(f"after {duration(s['elapsed_seconds'])}")
-    bar = f'<div class="sdtrain-bar"><div style="width:{percent:.1f}%"></div></div>' if s["status"] == "running" else ""
+    bar = f'<div class="sdtrain-bar"><div style="width:{percent:.1f}%"></div></div>' if running else ""
     error = f'<div class="sdtrain-error">{html.escape(s["error"])}</div>' if s.get("error") else ""
     return f'<div class="sdtrain-status sdtrain-{s["status"]}">{" · ".join(parts)}{bar}{error}</div>'
 

@@ -12,6 +12,7 @@ import gradio as gr
 from lib_sdtrain.jobs import runner
 from lib_sdtrain.ui.common import status_html
 from lib_sdtrain.ui.train_tab import loss_frame, result_markdown
+from lib_sdtrain.utils.status import Status
 
 POLL_SECONDS = 1.0
 # Drawing the chart (an Altair spec per update) costs the server more than everything else a poll does, and the
@@ -34,7 +35,7 @@ def poll(seen: dict[str, Any] | None) -> list[Any]:
         same = seen.get("train") == snap["id"]
         updates.append(status_html(snap))
         now = time.monotonic()
-        chart_due = now - seen.get("chart_at", 0.0) >= CHART_SECONDS or snap["status"] != "running"
+        chart_due = now - seen.get("chart_at", 0.0) >= CHART_SECONDS or snap["status"] != Status.RUNNING
         if not same or (seen.get("losses") != len(snap["losses"]) and chart_due):
             updates.append(gr.update(value=loss_frame(snap["losses"])))
             seen.update(chart_at=now, losses=len(snap["losses"]))
