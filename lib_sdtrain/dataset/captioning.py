@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from PIL import Image
@@ -45,8 +46,8 @@ class CaptionOptions:
 
 @dataclass
 class Blip:
-    model: object
-    processor: object
+    model: Any  # transformers' BlipForConditionalGeneration
+    processor: Any  # and its BlipProcessor
     device: torch.device
 
 

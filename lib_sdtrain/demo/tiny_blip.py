@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -81,7 +82,7 @@ def write_tiny_blip(folder: Path, seed: int = 0) -> Path:
 
 
 @torch.no_grad()
-def _make_grammar_decoder(decoder: torch.nn.Module, vocab: list[str]) -> None:
+def _make_grammar_decoder(decoder: Any, vocab: list[str]) -> None:  # transformers BlipTextLMHeadModel
     """Set the text decoder's weights so that its next-token log-probabilities are GRAMMAR's (see the docstring)."""
     if len(vocab) > HIDDEN:
         raise ValueError(f"one-hot embeddings need at most {HIDDEN} tokens, not {len(vocab)}")
@@ -103,7 +104,7 @@ def _make_grammar_decoder(decoder: torch.nn.Module, vocab: list[str]) -> None:
     head.decoder.weight.copy_(weight.T)
 
 
-def _head_input(decoder: torch.nn.Module, token_ids: torch.Tensor) -> torch.Tensor:
+def _head_input(decoder: Any, token_ids: torch.Tensor) -> torch.Tensor:
     """What the LM head's last Linear sees for each token alone (the sub-layers add nothing, so context is moot)."""
     hidden = decoder.bert.embeddings(token_ids[:, None])
     for layer in decoder.bert.encoder.layer:

@@ -89,7 +89,7 @@ def _group_modules(state: dict[str, torch.Tensor], path: Path) -> dict[str, dict
 
 def _match_layers(
     modules: dict[str, dict[str, torch.Tensor]], model: SDModel, path: Path, metadata: dict[str, str]
-) -> dict[nn.Module, tuple[torch.Tensor, torch.Tensor, float]]:
+) -> dict[nn.Linear | nn.Conv2d, tuple[torch.Tensor, torch.Tensor, float]]:
     layers = model_target_layers(model.unet, model.text_encoder)
     unknown = sorted(name for name in modules if name not in layers)
     if unknown:
@@ -117,8 +117,8 @@ def _fit_shapes(
     if isinstance(layer, nn.Conv2d):
         down = down[:, :, None, None] if down.ndim == 2 else down
         up = up[:, :, None, None] if up.ndim == 2 else up
-        expected_down = (down.shape[0], layer.in_channels, *layer.kernel_size)
-        expected_up = (layer.out_channels, down.shape[0], 1, 1)
+        expected_down: tuple[int, ...] = (down.shape[0], layer.in_channels, *layer.kernel_size)
+        expected_up: tuple[int, ...] = (layer.out_channels, down.shape[0], 1, 1)
     else:
         down = down.flatten(1) if down.ndim == 4 and down.shape[2:] == (1, 1) else down
         up = up.flatten(1) if up.ndim == 4 and up.shape[2:] == (1, 1) else up

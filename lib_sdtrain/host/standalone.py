@@ -47,7 +47,8 @@ _gpu_lock = threading.Lock()
 def configure(**changes: Any) -> StandaloneConfig:
     """Change the standalone host's folders and policies (fields of StandaloneConfig); returns the new config."""
     global _config
-    _config = replace(_config, **{k: Path(v) if k.endswith(("_dir", "home")) and v else v for k, v in changes.items()})
+    values: dict[str, Any] = {k: Path(v) if k.endswith(("_dir", "home")) and v else v for k, v in changes.items()}
+    _config = replace(_config, **values)
     return _config
 
 

@@ -4,7 +4,7 @@ both host modules (host.webui, host.standalone) provide."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -50,7 +50,7 @@ class LoadedCheckpoint:
 
 @dataclass
 class LoadedWeights:
-    state_dict: dict[str, torch.Tensor]
+    state_dict: Mapping[str, torch.Tensor]
     """ldm layout (model.diffusion_model.*, first_stage_model.*, cond_stage_model.*), CPU tensors of their own."""
     tokenizer: Any
     """A transformers CLIPTokenizer when the host has one (SD1 in the WebUI), else None."""

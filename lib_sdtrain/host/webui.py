@@ -11,7 +11,7 @@ import contextlib
 import logging
 import re
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ import torch
 from lib_sdtrain.errors import SDTrainError, UnsupportedModelError
 from lib_sdtrain.host import settings
 from lib_sdtrain.host.auth import basic_auth_dependencies
-from lib_sdtrain.host.types import GpuBusyError, LoadedCheckpoint, LoadedWeights
+from lib_sdtrain.host.types import GpuBusyError, LoadedCheckpoint, LoadedWeights, ModelVersion
 from lib_sdtrain.utils.files import resolve_allowed
 from lib_sdtrain.utils.progress import CallbackProgress
 
@@ -119,15 +119,15 @@ def loaded_model_ldm_state_dict() -> LoadedWeights | None:
         return None
     if checkpoint.version in ("sdxl", "sd3"):
         raise UnsupportedModelError(_unsupported_version_message(checkpoint))
-    state_dict = None if _uses_fp8() else _live_state_dict(model)
-    from_file = state_dict is None
-    if from_file:
+    live = None if _uses_fp8() else _live_state_dict(model)
+    from_file = live is None
+    state_dict: Mapping[str, torch.Tensor]
+    if live is None:
         from lib_sdtrain.models.checkpoint_file import read_checkpoint
 
         state_dict = read_checkpoint(checkpoint.path).state_dict
     else:
-        state_dict = {k: v for k, v in state_dict.items() if "." in k}
-        state_dict.update(_schedule_buffers_from_file(checkpoint.path))
+        state_dict = {k: v for k, v in live.items() if "." in k} | _schedule_buffers_from_file(checkpoint.path)
     tokenizer = _tokenizer_of(model)
     return LoadedWeights(state_dict=state_dict, tokenizer=tokenizer, checkpoint=checkpoint, from_file=from_file)
 
@@ -340,10 +340,11 @@ def job(name: str, task_id: str | None = None) -> Iterator[None]:
     in modules/progress.py, so /internal/progress and the Interrupt button work for it. Inside gpu_lock()."""
     from modules import shared
 
-    tasks = None
+    tasks: Any = None  # modules/progress.py, when the job has a task id
     if task_id:
-        from modules import progress as tasks
+        from modules import progress
 
+        tasks = progress
         tasks.start_task(task_id)
     shared.state.begin(job=name)
     try:
@@ -542,9 +543,12 @@ def _current_sd_model() -> Any:
     return shared.__dict__.get("sd_model")
 
 
-def _model_version(model: Any) -> str:
+def _model_version(model: Any) -> ModelVersion:
     """set_model_type() (v1.6+) sets is_sd1/is_sd2/is_sdxl/is_sd3; older versions only is_sd2 (and is_sdxl)."""
-    for flag, version in (("is_sd3", "sd3"), ("is_sdxl", "sdxl"), ("is_sd2", "sd2"), ("is_sd1", "sd1")):
+    flags: tuple[tuple[str, ModelVersion], ...] = (
+        ("is_sd3", "sd3"), ("is_sdxl", "sdxl"), ("is_sd2", "sd2"), ("is_sd1", "sd1"),
+    )  # fmt: skip
+    for flag, version in flags:
         if getattr(model, flag, False):
             return version
     return "sd1" if hasattr(model, "cond_stage_model") else "unknown"

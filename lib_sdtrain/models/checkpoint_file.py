@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -39,7 +40,7 @@ class LazyTensors(Mapping[str, torch.Tensor]):
     def __init__(self, path: Path, keys: list[str] | None = None) -> None:
         import json
 
-        from safetensors.torch import safe_open
+        from safetensors import safe_open
 
         with safe_open(str(path), framework="pt") as checked:  # validates the header against the file's size
             self.metadata: dict[str, str] = dict(checked.metadata() or {})
@@ -61,7 +62,7 @@ class LazyTensors(Mapping[str, torch.Tensor]):
         data = torch.empty(end - start, dtype=torch.uint8)
         with open(self._path, "rb") as f:
             f.seek(self._data_start + start)
-            if end > start and f.readinto(data.numpy()) != end - start:
+            if end > start and f.readinto(data.numpy().data) != end - start:
                 raise ModelLoadError(f"{self._path.name}: the file ended inside tensor {key} (truncated?)")
         return data.view(SAFETENSORS_DTYPES[entry["dtype"]]).reshape(entry["shape"])
 
@@ -97,7 +98,7 @@ class CheckpointFile:
     metadata: dict[str, str] = field(default_factory=dict)
 
 
-def read_checkpoint(path: str | Path, keep_ema: bool = False) -> CheckpointFile:
+def read_checkpoint(path: str | os.PathLike[str], keep_ema: bool = False) -> CheckpointFile:
     """Read a `.safetensors` file, or a pickled `.ckpt` through torch's weights-only unpickler.
 
     EMA weights (`model_ema.*`) are dropped unless `keep_ema`: training and the WebUI use the live weights, and the
@@ -108,6 +109,7 @@ def read_checkpoint(path: str | Path, keep_ema: bool = False) -> CheckpointFile:
         raise ModelLoadError(f"Model file not found: {path}")
     if path.stat().st_size == 0:
         raise ModelLoadError(f"Model file is empty (0 bytes): {path}")
+    state_dict: Mapping[str, torch.Tensor]
     if path.suffix.lower() in SAFETENSORS_SUFFIXES:
         state_dict, metadata = _read_safetensors(path)
     elif path.suffix.lower() in PICKLE_SUFFIXES:

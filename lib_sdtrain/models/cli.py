@@ -47,8 +47,9 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _load(args: argparse.Namespace):
     from lib_sdtrain.models.loading import load_sd_model
+    from lib_sdtrain.models.sd_model import PredictionType
 
-    prediction = "v_prediction" if args.v_parameterization else None
+    prediction: PredictionType | None = "v_prediction" if args.v_parameterization else None
     return load_sd_model(args.model, tokenizer=args.tokenizer, prediction_type=prediction)
 
 

@@ -295,10 +295,10 @@ def _check_vocab(tokenizer: CLIPTokenizer, vocab_size: int) -> None:
 # --- diffusers folders and hub ids -------------------------------------------------------------------------------
 
 
-def _from_pretrained(cls: type, source: str, subfolder: str, kwargs: dict[str, Any]) -> Any:
-    """`cls.from_pretrained`, except for a local folder holding only pickled weights (.bin): those are read here, by
-    the one safe reader, since diffusers' and transformers' readers call torch.load, which inside the WebUI is a
-    checker that refuses every file current torch writes."""
+def _from_pretrained(cls: Any, source: str, subfolder: str, kwargs: dict[str, Any]) -> Any:
+    """`cls.from_pretrained` (cls: a diffusers or transformers class), except for a local folder holding only pickled
+    weights (.bin): those are read here, by the one safe reader, since diffusers' and transformers' readers call
+    torch.load, which inside the WebUI is a checker that refuses every file current torch writes."""
     from lib_sdtrain.utils.torch_pickle import load_tensor_dict, pickled_weights
 
     weights = pickled_weights(Path(source) / subfolder)

@@ -52,14 +52,15 @@ def _put_component(out: StateDict, state: StateDict, ref_of: Callable[[str], Ldm
         if ref is None:
             continue
         if ref.chunks > 1:
-            parts = fused.setdefault(ref.key, [None] * ref.chunks)
-            parts[ref.chunk] = tensor
+            assert ref.chunk is not None  # a fused key names its chunk
+            fused.setdefault(ref.key, [None] * ref.chunks)[ref.chunk] = tensor
             continue
         out[ref.key] = tensor[:, :, None, None] if ref.conv1x1 else tensor
     for key, parts in fused.items():
-        if any(p is None for p in parts):
+        present = [p for p in parts if p is not None]
+        if len(present) < len(parts):
             raise ValueError(f"Cannot write {key}: some of its fused parts are missing")
-        out[key] = torch.cat(parts, dim=0)  # type: ignore[arg-type]
+        out[key] = torch.cat(present, dim=0)
 
 
 def _add_unused_openclip_block(out: StateDict, used_layers: int) -> None:

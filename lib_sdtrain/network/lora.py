@@ -17,8 +17,9 @@ CLIPAttention/CLIPMLP; with LoCon (`conv_dim`) also the convolutions of ResnetBl
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import nn
@@ -50,11 +51,13 @@ class LoRAModule(nn.Module):
         self.rank = rank
         self.rank_dropout = rank_dropout
         self.module_dropout = module_dropout
+        self.lora_down: nn.Linear | nn.Conv2d
+        self.lora_up: nn.Linear | nn.Conv2d
         if isinstance(layer, nn.Conv2d):
             # The down projection has the layer's kernel; the up projection is 1x1 (kohya's LoCon layout).
-            self.lora_down = nn.Conv2d(
-                layer.in_channels, rank, layer.kernel_size, layer.stride, layer.padding, bias=False
-            )
+            kernel, stride = cast("tuple[int, int]", layer.kernel_size), cast("tuple[int, int]", layer.stride)
+            padding = cast("str | tuple[int, int]", layer.padding)  # a Conv2d's are pairs; torch types them as tuples
+            self.lora_down = nn.Conv2d(layer.in_channels, rank, kernel, stride, padding, bias=False)
             self.lora_up = nn.Conv2d(rank, layer.out_channels, (1, 1), (1, 1), bias=False)
         else:
             self.lora_down = nn.Linear(layer.in_features, rank, bias=False)
@@ -62,11 +65,12 @@ class LoRAModule(nn.Module):
         nn.init.kaiming_uniform_(self.lora_down.weight, a=math.sqrt(5))
         nn.init.zeros_(self.lora_up.weight)  # starts as a no-op: training begins from the base model exactly
         alpha = float(rank) if not alpha else float(alpha)
+        self.alpha: torch.Tensor
         self.register_buffer("alpha", torch.tensor(alpha))
         self.dropout = nn.Dropout(dropout) if dropout else nn.Identity()
         self.multiplier = 1.0
         self._layer = [layer]  # a list keeps the base layer out of this module's parameters and state dict
-        self._base_forward = None
+        self._base_forward: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     @property
     def scale(self) -> float:
@@ -76,14 +80,15 @@ class LoRAModule(nn.Module):
         layer = self._layer[0]
         if self._base_forward is None:
             self._base_forward = layer.forward
-            layer.forward = self.forward
+            vars(layer)["forward"] = self.forward  # an instance attribute: the layer calls this module instead
 
     def detach_from_layer(self) -> None:
         if self._base_forward is not None:
-            self._layer[0].forward = self._base_forward
+            vars(self._layer[0])["forward"] = self._base_forward
             self._base_forward = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        assert self._base_forward is not None, "a LoRA module runs only while attached to its layer"
         base = self._base_forward(x)
         if self.multiplier == 0:
             return base
@@ -160,8 +165,8 @@ class LoRANetwork(nn.Module):
         return {m.lora_name: m for m in self.all_loras()}
 
     def all_loras(self) -> Iterator[LoRAModule]:
-        yield from self.text_encoder_loras  # type: ignore[misc]
-        yield from self.unet_loras  # type: ignore[misc]
+        for module in (*self.text_encoder_loras, *self.unet_loras):
+            yield cast(LoRAModule, module)  # the two ModuleLists hold only LoRAModules
 
     def attach(self) -> LoRANetwork:
         for lora in self.all_loras():

@@ -143,6 +143,8 @@ def crop_ltrb(bucket: Size, image_size: Size) -> tuple[float, float, float, floa
     in bucket pixels. Stored in the .npz for SDXL size conditioning; computed the same way so files match."""
     bucket_ar = bucket[0] / bucket[1]
     image_ar = image_size[0] / image_size[1]
+    width: float
+    height: float
     if bucket_ar > image_ar:
         width, height = bucket[1] * image_ar, bucket[1]
     else:

@@ -50,6 +50,7 @@ def prepare_buckets_latents(
     from lib_sdtrain.models.loading import load_vae
 
     options.buckets.validate()  # before loading anything
+    train_dir, in_json, out_json = Path(train_dir), Path(in_json), Path(out_json)
     check_latent_inputs(train_dir, in_json, out_json, options)
     progress = progress or Progress()
     device, dtype = vae_device_and_dtype(mixed_precision, device)
@@ -62,7 +63,6 @@ def prepare_buckets_latents(
         vae = model
     vae = vae.to(device=device, dtype=dtype).eval()
 
-    out_json = Path(out_json)
     result = cache_latents(train_dir, in_json, out_json, vae, options, progress)
     report = build_report(
         Path(train_dir),

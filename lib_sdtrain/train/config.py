@@ -49,6 +49,7 @@ NETWORK_ARG_ALGOS = ("lora", "locon")
 # TrainConfig fields that are bookkeeping, not settings: no option, no CLI flag, no TOML key.
 INTERNAL_FIELDS = frozenset({"ignored", "given"})
 
+
 def opt(
     default: Any,
     help: str,
@@ -173,11 +174,15 @@ class TrainConfig:
         kind=PathKind.TEXT,
     )
     min_bucket_reso: int = opt(
-        256, "Smallest side of an aspect-ratio bucket, in pixels (kohya's min_bucket_reso).", "dataset",
+        256,
+        "Smallest side of an aspect-ratio bucket, in pixels (kohya's min_bucket_reso).",
+        "dataset",
         minimum=8,
     )
     max_bucket_reso: int = opt(
-        1024, "Largest side of an aspect-ratio bucket, in pixels (kohya's max_bucket_reso).", "dataset",
+        1024,
+        "Largest side of an aspect-ratio bucket, in pixels (kohya's max_bucket_reso).",
+        "dataset",
         minimum=8,
     )
     bucket_reso_steps: int = opt(
@@ -221,7 +226,8 @@ class TrainConfig:
         "Fraction of images (0 to 1) trained with an empty caption, so the concept also shows without its "
         "prompt. 0: never.",
         "dataset",
-        minimum=0, maximum=1,
+        minimum=0,
+        maximum=1,
         per_subset=True,
     )
     max_token_length: int = opt(
@@ -254,12 +260,16 @@ class TrainConfig:
         per_subset=True,
     )
     caption_prefix: str | None = opt(
-        None, "Text put before every caption, with a space (kohya's caption_prefix). Empty: none.", "dataset",
+        None,
+        "Text put before every caption, with a space (kohya's caption_prefix). Empty: none.",
+        "dataset",
         kind=PathKind.TEXT,
         per_subset=True,
     )
     caption_suffix: str | None = opt(
-        None, "Text put after every caption, with a space (kohya's caption_suffix). Empty: none.", "dataset",
+        None,
+        "Text put after every caption, with a space (kohya's caption_suffix). Empty: none.",
+        "dataset",
         kind=PathKind.TEXT,
         per_subset=True,
     )
@@ -301,7 +311,8 @@ class TrainConfig:
         "Chance (0 to 1) that each tag after keep_tokens is left out at a step (kohya's caption_tag_dropout_rate), "
         "so no single tag carries the concept. 0: never.",
         "dataset",
-        minimum=0, maximum=1,
+        minimum=0,
+        maximum=1,
         per_subset=True,
     )
     caption_dropout_every_n_epochs: int = opt(
@@ -356,7 +367,8 @@ class TrainConfig:
         "Dropout on the LoRA's inner neurons while training, 0 to 1 (kohya's network_dropout); 0.1 can curb "
         "overfitting. 0: off.",
         "network",
-        minimum=0, below=1,
+        minimum=0,
+        below=1,
     )
     conv_dim: int | None = opt(
         None,
@@ -485,7 +497,9 @@ class TrainConfig:
         minimum=1,
     )
     lr_scheduler_power: float = opt(
-        1.0, "Power of the polynomial schedule's decay: 1 is linear, higher drops faster at first.", "optimizer",
+        1.0,
+        "Power of the polynomial schedule's decay: 1 is linear, higher drops faster at first.",
+        "optimizer",
         minimum=0,
     )
     lr_scheduler_min_lr_ratio: float | None = opt(
@@ -493,7 +507,8 @@ class TrainConfig:
         "The lowest learning rate as a fraction of the starting one, for cosine_with_min_lr (required there) and "
         "warmup_stable_decay (empty: 0).",
         "optimizer",
-        minimum=0, maximum=1,
+        minimum=0,
+        maximum=1,
     )
     lr_decay_steps: int | float = opt(
         0,
@@ -503,7 +518,9 @@ class TrainConfig:
         minimum=0,
     )
     lr_scheduler_timescale: int | None = opt(
-        None, "inverse_sqrt: the timescale of the decay. Empty: lr_warmup_steps, as in kohya.", "optimizer",
+        None,
+        "inverse_sqrt: the timescale of the decay. Empty: lr_warmup_steps, as in kohya.",
+        "optimizer",
         minimum=1,
     )
     # --- training
@@ -644,7 +661,8 @@ class TrainConfig:
         "Weight of each coarser layer of multires noise relative to the one before (kohya's "
         "multires_noise_discount): lower is weaker; used only with multires_noise_iterations.",
         "training",
-        minimum=0, maximum=1,
+        minimum=0,
+        maximum=1,
     )
     ip_noise_gamma: float | None = opt(
         None,
@@ -663,13 +681,15 @@ class TrainConfig:
         None,
         "Train only timesteps (noise levels) from this one on, 0 to 999 (kohya's min_timestep). Empty: 0.",
         "training",
-        minimum=0, maximum=999,
+        minimum=0,
+        maximum=999,
     )
     max_timestep: int | None = opt(
         None,
         "Train only timesteps below this one, 1 to 1000 (kohya's max_timestep; exclusive). Empty: 1000.",
         "training",
-        minimum=1, maximum=1000,
+        minimum=1,
+        maximum=1000,
     )
     zero_terminal_snr: bool = opt(
         False,
@@ -732,8 +752,11 @@ class TrainConfig:
         minimum=0,
     )
     seed: int = opt(
-        42, "Random seed for noise, shuffling and dropout: the same seed and settings repeat a run.", "training",
-        minimum=0, maximum=2**32 - 1,
+        42,
+        "Random seed for noise, shuffling and dropout: the same seed and settings repeat a run.",
+        "training",
+        minimum=0,
+        maximum=2**32 - 1,
     )
     train_text_encoder: bool = opt(
         False,
@@ -786,7 +809,9 @@ class TrainConfig:
         minimum=1,
     )
     save_every_n_steps: int | None = opt(
-        None, "Also save <name>-step00000500.safetensors every n optimizer steps. Empty: off.", "saving",
+        None,
+        "Also save <name>-step00000500.safetensors every n optimizer steps. Empty: off.",
+        "saving",
         minimum=1,
     )
     save_n_epoch_ratio: int | None = opt(
@@ -804,7 +829,9 @@ class TrainConfig:
         minimum=1,
     )
     save_last_n_epochs_state: int | None = opt(
-        None, "Keep only the newest n epoch states (<name>-0000NN-state). Empty: save_last_n_epochs.", "saving",
+        None,
+        "Keep only the newest n epoch states (<name>-0000NN-state). Empty: save_last_n_epochs.",
+        "saving",
         minimum=1,
     )
     save_last_n_steps: int | None = opt(
@@ -815,7 +842,9 @@ class TrainConfig:
         minimum=1,
     )
     save_last_n_steps_state: int | None = opt(
-        None, "Keep the step states of only the last n steps. Empty: save_last_n_steps.", "saving",
+        None,
+        "Keep the step states of only the last n steps. Empty: save_last_n_steps.",
+        "saving",
         minimum=1,
     )
     save_model_as: str = opt(
@@ -832,7 +861,9 @@ class TrainConfig:
         "saving",
     )
     training_comment: str | None = opt(
-        None, "A note stored in the LoRA as ss_training_comment, shown by the WebUI. Empty: none.", "saving",
+        None,
+        "A note stored in the LoRA as ss_training_comment, shown by the WebUI. Empty: none.",
+        "saving",
         kind=PathKind.TEXT,
     )
     save_state: bool = opt(
@@ -850,11 +881,16 @@ class TrainConfig:
     )
     # --- sample images
     sample_every_n_steps: int | None = opt(
-        None, "Generate sample images every n optimizer steps. Empty: off.", "sampling",
+        None,
+        "Generate sample images every n optimizer steps. Empty: off.",
+        "sampling",
         minimum=1,
     )
     sample_every_n_epochs: int | None = opt(
-        None, "Generate sample images at the end of every n epochs. Empty: off.", "sampling", common=True,
+        None,
+        "Generate sample images at the end of every n epochs. Empty: off.",
+        "sampling",
+        common=True,
         minimum=1,
     )
     sample_prompts: str | None = opt(

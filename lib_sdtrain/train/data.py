@@ -235,7 +235,8 @@ def _metadata_items(
         image = _find_image(key, images)
         latents = _latents_path(key, image, root)
         if "train_resolution" in entry:
-            bucket, resized = tuple(int(v) for v in entry["train_resolution"]), None
+            width, height = (int(v) for v in entry["train_resolution"])
+            bucket, resized = (width, height), None
         elif image is not None:
             choice = _image_choice(image, select, _native_crop(config, aug))
             bucket, resized = choice.bucket, choice.resized_size
@@ -578,9 +579,8 @@ def load_pixels(item: TrainItem, generator: torch.Generator | None = None) -> to
     except ImageLoadError as e:
         raise DatasetError(f"Cannot use training image {e.path}: {e.reason}") from e
     augment = item.augment or Augment()  # collect_items gives every item its settings
-    randomly = generator is not None
     resized = item.resized or _cover_choice(image.size, item.bucket).resized_size
-    if randomly and augment.random_crop:
+    if generator is not None and augment.random_crop:
         image = resize_and_crop(image, BucketChoice(resized, resized, 0.0))  # resize only
         left = _randint(image.width - item.bucket[0] + 1, generator)
         top = _randint(image.height - item.bucket[1] + 1, generator)
@@ -588,7 +588,7 @@ def load_pixels(item: TrainItem, generator: torch.Generator | None = None) -> to
     else:
         image = resize_and_crop(image, BucketChoice(item.bucket, resized, 0.0))
     array = np.asarray(image)
-    if randomly and augment.color_aug:
+    if generator is not None and augment.color_aug:
         array = color_aug(array, generator)
     tensor = torch.from_numpy(array.astype(np.float32) / 127.5 - 1.0)
     return tensor.permute(2, 0, 1)

@@ -41,6 +41,7 @@ class LatentCache:
         return item.image_path is not None and (item.image_path, item.bucket) in self.latents
 
     def get(self, item: data.TrainItem, flip: bool) -> torch.Tensor:
+        assert item.image_path is not None, "only an item read from an image file has cached latents"
         key = (item.image_path, item.bucket)
         return self.flipped[key] if flip else self.latents[key]
 
@@ -97,6 +98,7 @@ def build_latent_cache(items: list[data.TrainItem], vae, config: TrainConfig, pr
     wanted: dict[tuple[Path, tuple[int, int]], data.TrainItem] = {}
     flip: set[tuple[Path, tuple[int, int]]] = set()
     for item in folder_items(items):
+        assert item.image_path is not None  # image-folder items always have one
         key = (item.image_path, item.bucket)
         wanted.setdefault(key, item)
         if _augment(item, config).flip_aug:

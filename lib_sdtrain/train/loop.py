@@ -15,14 +15,15 @@ import json
 import math
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from lib_sdtrain.errors import Cancelled, ConfigError, OutputError, SDTrainError
-from lib_sdtrain.models.sd_model import SDModel
+from lib_sdtrain.models.sd_model import PredictionType, SDModel
 from lib_sdtrain.network.kohya_file import SAVE_DTYPES, load_lora
 from lib_sdtrain.network.lora import LoRANetwork, NetworkSpec, ranks_from_weights
 from lib_sdtrain.train import data, noise_and_loss, text
@@ -94,6 +95,9 @@ def _pinned(tensor: torch.Tensor) -> torch.Tensor:
 
 class Trainer:
     """Holds what one run needs; `run()` is the loop. Split into small methods so each concern reads on its own."""
+
+    unet_forward: Callable[..., Any]  # the UNet, or its torch.compile'd forward (_compile_unet)
+    compiled_once: bool  # whether that forward has run compiled once (after that, a failure is the model's)
 
     def __init__(self, config: TrainConfig, model: SDModel | None, progress: Progress | None) -> None:
         config.validate()
@@ -750,7 +754,7 @@ class Trainer:
             self.losses.append(loss_value)
             epoch_losses.append(loss_value)
             average = sum(epoch_losses) / len(epoch_losses)
-            lrs = self.lr_scheduler.get_last_lr()
+            lrs = [float(lr) for lr in self.lr_scheduler.get_last_lr()]
             log.step(self.position.step, loss_value, average, lrs, self.trains_text_encoder)
             shown = {}
             if norms is not None:  # kohya's max_norm/* log entries and "Keys Scaled", "Average key norm" postfix
@@ -930,7 +934,7 @@ def _with_vae(model: SDModel, vae: str | None) -> SDModel:
 def _load_model(config: TrainConfig) -> SDModel:
     from lib_sdtrain.models.loading import load_sd_model
 
-    prediction = "v_prediction" if config.v_parameterization else None
+    prediction: PredictionType | None = "v_prediction" if config.v_parameterization else None
     return load_sd_model(config.pretrained_model_name_or_path, tokenizer=config.tokenizer, prediction_type=prediction)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import importlib
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -131,7 +132,8 @@ def make_optimizer(
     if cls is torch.optim.AdamW and not {"fused", "foreach"} & kwargs.keys():  # the user's choice wins
         extra = adamw_implementation(groups)
     try:
-        optimizer = cls(groups, lr=lr, **kwargs, **extra)
+        construct: Callable[..., torch.optim.Optimizer] = cls  # the concrete ones take lr and their own args
+        optimizer = construct(groups, lr=lr, **kwargs, **extra)
     except TypeError as e:  # an argument this optimizer does not take
         raise ConfigError(f"optimizer_args for {optimizer_type}: {e}") from None
     args = ",".join(f"{k}={v}" for k, v in kwargs.items())
@@ -167,6 +169,7 @@ def make_lr_scheduler(
         return AdafactorSchedule(optimizer, config.learning_rate)
     cycles, min_ratio = config.lr_scheduler_num_cycles, config.lr_scheduler_min_lr_ratio
     if name == "cosine_with_min_lr":
+        assert min_ratio is not None  # check_optimizer_settings refuses cosine_with_min_lr without it
         lam = partial(_cosine_min_lr, warmup=warmup, total=total_steps, cycles=cycles / 2, min_ratio=min_ratio)
         return LambdaLR(optimizer, lam)
     if name == "warmup_stable_decay":

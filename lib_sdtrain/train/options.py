@@ -101,7 +101,7 @@ def _option_from_field(f: dataclasses.Field, annotation: Any) -> Option:
     kind = meta["kind"] or (PathKind.TEXT if meta["choices"] else None)  # a value from a fixed list is no path
     if value_type in (str, list) and kind is None:
         raise TypeError(f"TrainConfig.{f.name} holds text: say what with opt(..., kind=PathKind.<kind>)")
-    default = f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
+    default = f.default_factory() if callable(f.default_factory) else f.default
     minimum, maximum, below = meta["range"]
     trains = frozenset(meta["trains"] or (LORA_KINDS if meta["category"] == "network" else TRAINING_KINDS))
     if not trains <= set(TRAINING_KINDS):

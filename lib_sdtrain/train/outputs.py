@@ -199,8 +199,10 @@ def _datasets_metadata(trainer: Trainer) -> dict[str, str]:
     from lib_sdtrain.train.dataset_config import read_dataset_config
 
     config = trainer.config
+    assert config.dataset_config is not None  # the caller asks only for a dataset_config's metadata
     spec = read_dataset_config(config.dataset_config, config)
-    datasets, tags, dirs = [], {}, {}
+    datasets, dirs = [], {}
+    tags: dict[str, Any] = {}  # ss_tag_frequency: {folder: {tag: count}}
     for index, dataset in enumerate(spec.datasets):
         items = [item for item in trainer.items if item.dataset == index]
         settings = {**{k: getattr(config, k) for k in ("resolution", "train_batch_size", "enable_bucket",

@@ -42,7 +42,7 @@ def check_room(folder: str | Path, needed: int, what: str) -> None:
         )
 
 
-def format_size(size: int) -> str:
+def format_size(size: float) -> str:
     for unit in ("bytes", "KiB", "MiB", "GiB"):
         if size < 1024 or unit == "GiB":
             return f"{size:.0f} {unit}" if unit == "bytes" else f"{size:.1f} {unit}"

@@ -23,7 +23,7 @@ import random
 import shutil
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -142,7 +142,7 @@ def rng_state(generators: dict[str, torch.Generator]) -> dict[str, Any]:
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state()
     rng["python"] = random.getstate()
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    kind, keys, pos, has_gauss, gauss = cast(tuple[str, np.ndarray, int, int, float], np.random.get_state(legacy=True))
     rng["numpy"] = (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss)
     return rng
 

@@ -102,9 +102,9 @@ def build_ui(host: Host, css: str | None = None) -> gr.Blocks:
                 loras = [gr.update(choices=generate_tab.lora_choices(host))]
             return [*prepared, *reported, *loras]
 
-        finished.change(
-            after_job, [finished], [*prepare.outputs, *dataset.report_outputs, *generate_models[1:]]
-        ).then(dataset.refresh, dataset.filter_inputs, dataset.gallery_outputs)
+        finished.change(after_job, [finished], [*prepare.outputs, *dataset.report_outputs, *generate_models[1:]]).then(
+            dataset.refresh, dataset.filter_inputs, dataset.gallery_outputs
+        )
         button, notice = demo_controls
         button.click(
             lambda: _make_demo(host), None,

@@ -105,8 +105,22 @@ def build(host: Host, model_choices: list[str]) -> tuple[gr.Dropdown, gr.Dropdow
     refresh.click(lambda: gr.update(choices=lora_choices(host)), None, [lora])
     button.click(
         lambda *a: generate(host, *a),
-        [model, lora, weight, prompt, negative, sampler, steps, cfg, width, height, seed, init_image, strength,
-         compare],
+        [
+            model,
+            lora,
+            weight,
+            prompt,
+            negative,
+            sampler,
+            steps,
+            cfg,
+            width,
+            height,
+            seed,
+            init_image,
+            strength,
+            compare,
+        ],
         [gallery, message],
     )
     return model, lora

@@ -18,6 +18,7 @@ from lib_sdtrain.train.run import list_run_configs, list_states
 from lib_sdtrain.train.toml_writer import config_to_toml
 from lib_sdtrain.ui.common import error_for, field_classes, message_html, resolve_folder
 from lib_sdtrain.ui.option_form import OptionForm
+from lib_sdtrain.utils.status import Status
 
 MODES = ("LoRA", "LoCon (LoRA + 3x3 convolutions)", "Full fine-tune")
 MODE_KINDS = dict(zip(MODES, TRAINING_KINDS, strict=True))
@@ -105,7 +106,7 @@ def loss_frame(losses: list) -> pd.DataFrame:
 def result_markdown(snapshot: dict[str, Any] | None) -> str:
     if not snapshot:
         return ""
-    if snapshot["status"] == "running":
+    if snapshot["status"] == Status.RUNNING:
         return ""
     result = snapshot.get("result") or {}
     if snapshot.get("error"):

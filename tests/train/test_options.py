@@ -52,7 +52,6 @@ def test_every_setting_has_help_a_category_and_a_type():
     assert {o.category for o in OPTIONS} == set(CATEGORIES)  # no empty group in the form
 
 
-
 def test_each_option_says_what_it_trains_and_whether_a_subset_may_set_it():
     """The form's per-kind fields and kohya's per-subset settings come from the schema, nowhere else."""
     from lib_sdtrain.train.dataset_config import AUGMENT_KEYS, Augment
@@ -64,6 +63,7 @@ def test_each_option_says_what_it_trains_and_whether_a_subset_may_set_it():
     per_subset = [o for o in OPTIONS if o.per_subset]
     assert {o.category for o in per_subset} == {"dataset"} and len(AUGMENT_KEYS) == 16
     assert Augment() == Augment(**{o.name: o.default for o in per_subset})
+
 
 def test_choices_are_the_sets_the_trainer_accepts():
     from diffusers.optimization import SchedulerType
