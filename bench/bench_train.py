@@ -23,7 +23,7 @@ import json, resource, sys, time
 sys.path.insert(0, ROOT)
 import torch
 from lib_sdtrain.models.loading import load_sd_model
-from lib_sdtrain.train.config import load_config
+from lib_sdtrain.train.settings import load_config
 from lib_sdtrain.train.loop import Trainer
 from lib_sdtrain.train import text
 from lib_sdtrain.utils.progress import CallbackProgress

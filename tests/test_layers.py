@@ -41,39 +41,83 @@ def _unit(module: str) -> str:
     return parts[1] if len(parts) > 1 else parts[0]
 
 
-def _imports(path: Path, root: Path = ROOT) -> list[tuple[str, int]]:
-    """(module, line) of everything the file imports or names for importlib, in any scope."""
+def _imports(path: Path, root: Path = ROOT) -> list[tuple[tuple[str, ...], int]]:
+    """(names, line) of everything the file imports or names for importlib, in any scope: `names` are what the
+    import may mean, the likelier first (`from a.b import c` is module a.b.c if there is one, else a.b)."""
     module = _module_name(path, root)
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
-    found = []
+    found: list[tuple[tuple[str, ...], int]] = []
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.Import):
-            found += [(alias.name, node.lineno) for alias in node.names]
+            found += [((alias.name,), node.lineno) for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
                 anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
                 base = ".".join([*anchor, base] if base else anchor)
-            found.append((base, node.lineno))
-            found += [(f"{base}.{alias.name}", node.lineno) for alias in node.names]  # `from pkg import module`
+            found += [((f"{base}.{alias.name}", base), node.lineno) for alias in node.names]
         elif isinstance(node, ast.Constant) and isinstance(node.value, str) and NAMED_MODULE.match(node.value):
-            found.append((node.value.partition(":")[0], node.lineno))
-    return [(name, line) for name, line in found if name == "lib_sdtrain" or name.startswith("lib_sdtrain.")]
+            found.append(((node.value.partition(":")[0],), node.lineno))
+    return [(names, line) for names, line in found if names[-1].split(".")[0] == "lib_sdtrain"]
+
+
+def _resolve(names: tuple[str, ...], modules: set[str]) -> str:
+    """The module an import reaches: the first of `names` that is one, else the last with attributes cut off."""
+    name = next((n for n in names if n in modules), names[-1])
+    while name not in modules and "." in name:
+        name = name.rpartition(".")[0]
+    return name
+
+
+def _module_edges() -> dict[tuple[str, str], list[str]]:
+    """{(module, module it imports): ["file:line", ...]} over lib_sdtrain."""
+    modules = {_module_name(p) for p in PACKAGE.rglob("*.py")}
+    edges: dict[tuple[str, str], list[str]] = defaultdict(list)
+    for path in sorted(PACKAGE.rglob("*.py")):
+        source = _module_name(path)
+        for names, line in _imports(path):
+            target = _resolve(names, modules)
+            if target != source:
+                edges[source, target].append(f"{path.relative_to(ROOT)}:{line}")
+    return edges
 
 
 def _package_edges() -> dict[tuple[str, str], list[str]]:
     """{(from unit, to unit): ["file:line imports module", ...]} between different units."""
-    modules = {_module_name(p) for p in PACKAGE.rglob("*.py")}
     edges: dict[tuple[str, str], list[str]] = defaultdict(list)
-    for path in sorted(PACKAGE.rglob("*.py")):
-        source = _unit(_module_name(path))
-        for name, line in _imports(path):
-            while name not in modules and "." in name:  # `from lib_sdtrain.x import function`
-                name = name.rpartition(".")[0]
-            target = _unit(name)
-            if target != source:
-                edges[source, target].append(f"{path.relative_to(ROOT)}:{line} imports {name}")
+    for (source, target), places in _module_edges().items():
+        if _unit(source) != _unit(target):
+            edges[_unit(source), _unit(target)] += [f"{place} imports {target}" for place in places]
     return edges
+
+
+def _cycles(edges: dict[tuple[str, str], list[str]]) -> list[str]:
+    """Each cycle in the graph, once, as "a -> b -> a" with the import that closes each step."""
+    graph: dict[str, set[str]] = defaultdict(set)
+    for source, target in edges:
+        graph[source].add(target)
+
+    def path_back(start: str) -> list[str] | None:
+        stack, seen = [(start, [start])], set()
+        while stack:
+            node, path = stack.pop()
+            for nxt in sorted(graph[node]):
+                if nxt == start:
+                    return [*path, start]
+                if nxt not in seen:
+                    seen.add(nxt)
+                    stack.append((nxt, [*path, nxt]))
+        return None
+
+    found = {}
+    for unit in sorted(graph):
+        cycle = path_back(unit)
+        if cycle and frozenset(cycle) not in found:
+            found[frozenset(cycle)] = cycle
+    return [
+        " -> ".join(cycle) + "\n" + "\n".join(f"    {edges[a, b][0]}" for a, b in pairwise(cycle))
+        for cycle in found.values()
+    ]
 
 
 def test_every_package_has_a_layer():
@@ -92,30 +136,18 @@ def test_no_import_points_up_a_layer():
 
 
 def test_no_cycle_between_packages():
-    edges = _package_edges()
-    graph: dict[str, set[str]] = defaultdict(set)
-    for source, target in edges:
-        graph[source].add(target)
+    cycles = _cycles(_package_edges())
+    assert cycles == [], "cycles between packages:\n" + "\n".join(cycles)
 
-    def path_back(start: str) -> list[str] | None:
-        """A path start -> ... -> start, if there is one."""
-        stack, seen = [(start, [start])], set()
-        while stack:
-            node, path = stack.pop()
-            for nxt in graph[node]:
-                if nxt == start:
-                    return [*path, start]
-                if nxt not in seen:
-                    seen.add(nxt)
-                    stack.append((nxt, [*path, nxt]))
-        return None
 
-    cycles = {tuple(cycle) for unit in list(graph) if (cycle := path_back(unit))}
-    details = [
-        " -> ".join(cycle) + "\n" + "\n".join(f"    {edges[a, b][0]}" for a, b in pairwise(cycle))
-        for cycle in sorted(cycles)
-    ]
-    assert details == [], "cycles between packages:\n" + "\n".join(details)
+# A package's modules import each other in one direction too. The one exception left: the training loop and its
+# outputs (metadata, saving) read each other; the SDXL issue's Trainer split owns that pair.
+ALLOWED_MODULE_CYCLES = [{"lib_sdtrain.train.loop", "lib_sdtrain.train.outputs"}]
+
+
+def test_no_cycle_between_modules():
+    cycles = [c for c in _cycles(_module_edges()) if set(c.split("\n")[0].split(" -> ")) not in ALLOWED_MODULE_CYCLES]
+    assert cycles == [], "cycles between modules:\n" + "\n".join(cycles)
 
 
 def test_the_checker_sees_every_kind_of_import(tmp_path):
@@ -133,7 +165,7 @@ def test_the_checker_sees_every_kind_of_import(tmp_path):
         "'''a docstring naming lib_sdtrain.api is not an import'''\n",
         encoding="utf-8",
     )
-    names = {name for name, _ in _imports(source, root=tmp_path)}
+    names = {name for candidates, _ in _imports(source, root=tmp_path) for name in candidates}
     assert {"lib_sdtrain.models.loading", "lib_sdtrain.network.lora", "lib_sdtrain.host.standalone",
             "lib_sdtrain.jobs.runner", "lib_sdtrain.ui.app", "lib_sdtrain.demo.cli"} <= names  # fmt: skip
     assert "lib_sdtrain.api" not in names

@@ -87,8 +87,8 @@ def load_train_config(config_file: str | None, options: Mapping[str, Any], defau
     """The TrainConfig a job (or the form's "load a previous run") gets from a config file and options, each path
     checked before anything it names is read: the config file before it is opened, its values (and the
     options) before a dataset_config they name is read, then the whole loaded config and its dataset."""
-    from lib_sdtrain.train.config import config_file_values, config_from_dict
     from lib_sdtrain.train.options import path_kinds
+    from lib_sdtrain.train.settings import config_file_values, config_from_dict, validate_config
 
     kinds = path_kinds()
     check_values({"config_file": config_file}, {"config_file": PathKind.READ_FILE})
@@ -101,7 +101,7 @@ def load_train_config(config_file: str | None, options: Mapping[str, Any], defau
     check_values(values, kinds)
     try:
         config = config_from_dict(values)
-        config.validate()
+        validate_config(config)
     except InputError:
         raise
     except ConfigError as e:

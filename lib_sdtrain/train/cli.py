@@ -110,8 +110,8 @@ def command_line_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from lib_sdtrain.train.config import load_config
     from lib_sdtrain.train.loop import train
+    from lib_sdtrain.train.settings import load_config
     from lib_sdtrain.utils.progress import TqdmProgress
 
     config = load_config(args.config_file, command_line_overrides(args))

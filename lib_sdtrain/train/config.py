@@ -19,7 +19,7 @@ from typing import Any
 import tomllib
 
 from lib_sdtrain.errors import ConfigError, shorten
-from lib_sdtrain.train.kohya_keys import ACCEPTED_OUTSIDE_SCHEMA, check_accepted_value, refusal
+from lib_sdtrain.train.kohya_keys import ACCEPTED_OUTSIDE_SCHEMA
 from lib_sdtrain.utils.path_kinds import PathKind
 
 # The value sets that options with choices accept (the CLI, the TOML reader and the UI all read them from here).
@@ -957,55 +957,6 @@ class TrainConfig:
             return 1.0  # kohya's networks.lora: conv_alpha defaults to 1 when network_args set conv_dim
         return args.get("conv_alpha", self.conv_alpha)
 
-    def validate(self) -> None:
-        from lib_sdtrain.train.options import check_schema_values
-
-        check_schema_values(self)  # every value's type, choices and range, as the option schema says
-        if not self.pretrained_model_name_or_path:
-            raise ConfigError("pretrained_model_name_or_path is required: the base model to train from.")
-        if not self.train_data_dir and not self.dataset_config:
-            raise ConfigError("train_data_dir is required: the folder with the training images (or a dataset_config).")
-        if self.reg_data_dir and self.in_json and not self.dataset_config:
-            raise ConfigError(
-                "reg_data_dir needs the N_name folder layout, not in_json (kohya ignores it with in_json); remove "
-                "one, or describe both in a dataset_config."
-            )
-        for name, needs in (("full_fp16", "fp16"), ("full_bf16", "bf16")):
-            if getattr(self, name) and self.mixed_precision != needs:
-                raise ConfigError(f"{name} needs mixed_precision = {needs!r}, not {self.mixed_precision!r}.")
-        if self.network_train_unet_only and self.network_train_text_encoder_only:
-            raise ConfigError("network_train_unet_only and network_train_text_encoder_only exclude each other.")
-        self._check_network_args()
-        self._check_noise_and_loss()
-        if self.is_lora and self.save_model_as.startswith("diffusers"):
-            raise ConfigError(
-                f"save_model_as = {self.save_model_as!r} is for full fine-tunes; a LoRA is saved as safetensors, "
-                "ckpt or pt, as in kohya."
-            )
-        from lib_sdtrain.train.optim import check_optimizer_settings
-
-        check_optimizer_settings(self)
-
-    def _check_noise_and_loss(self) -> None:
-        """The noise, timestep and loss options (lib_sdtrain.train.noise_and_loss), and the LoRA options only a
-        LoRA reads; the v-prediction checks are repeated against the loaded model's objective."""
-        from lib_sdtrain.train.noise_and_loss import check_options, timestep_range
-
-        check_options(self, True if self.v_parameterization else None)
-        timestep_range(self.min_timestep, self.max_timestep, 1000)
-        lora_only = ("dim_from_weights", "scale_weight_norms")
-        if not self.is_lora and (self.dim_from_weights or self.scale_weight_norms or self.network_multiplier != 1):
-            raise ConfigError(f"{', '.join(lora_only)} and network_multiplier apply to a LoRA (network_module).")
-        if self.dim_from_weights and not self.network_weights:
-            raise ConfigError("dim_from_weights needs network_weights: the LoRA file to read the dims from.")
-
-    def _check_network_args(self) -> None:
-        args = parse_network_args(self.network_args)
-        for key in ("conv_dim", "conv_alpha"):
-            own = getattr(self, key)
-            if key in args and own is not None and own != args[key]:
-                raise ConfigError(f"{key} = {own} and network_args {key}={args[key]} disagree; set it in one place.")
-
     @property
     def resolution_size(self) -> tuple[int, int]:
         from lib_sdtrain.prepare.buckets import parse_resolution
@@ -1067,36 +1018,6 @@ def unknown_key_error(key: str) -> ConfigError:
     return ConfigError(f"Unknown setting {key!r}.{hint}")
 
 
-def config_from_dict(values: dict[str, Any]) -> TrainConfig:
-    """A TrainConfig from flat kohya-style keys, each type-checked against the option schema; unknown keys raise
-    ConfigError with a suggestion."""
-    from lib_sdtrain.train.options import coerce_value, option_by_name  # options is built from TrainConfig
-
-    known: dict[str, Any] = {}
-    ignored: dict[str, Any] = {}
-    for key, value in values.items():
-        if key in KNOWN_KEYS:
-            known[key] = coerce_value(option_by_name(key), value)
-        elif key in ACCEPTED_OUTSIDE_SCHEMA:
-            check_accepted_value(key, value)
-            ignored[key] = value
-        elif (reason := refusal(key)) is not None:
-            raise ConfigError(f"{key} is not supported by SD-Train: {reason}.")
-        else:
-            raise unknown_key_error(key)
-    if known.get("dataset_config"):
-        known.update(_dataset_settings(known))
-    return TrainConfig(**known, ignored=ignored, given=frozenset(known))
-
-
-def _dataset_settings(known: dict[str, Any]) -> dict[str, Any]:
-    """The training settings a dataset_config's [[datasets]] (or [general]) sets; they win over the config file's,
-    as in kohya. Reading it here also refuses a bad dataset_config before anything starts."""
-    from lib_sdtrain.train.dataset_config import read_dataset_config
-
-    return read_dataset_config(known["dataset_config"], TrainConfig(**known)).settings
-
-
 def config_values(config: TrainConfig) -> dict[str, Any]:
     """The flat kohya-keyed settings of `config` (accepted-but-unused keys included), e.g. for config_to_toml."""
     values = {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.name not in INTERNAL_FIELDS}
@@ -1124,20 +1045,3 @@ def read_toml(path: str | Path, what: str = "Config file") -> dict[str, Any]:
         return tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(f"{what} {path.name} is not valid TOML: {e}") from e
-
-
-def config_file_values(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The flat values of the TOML at `path` with `overrides` applied (CLI flags win, as in kohya), not yet checked:
-    a job checks their paths before anything they name (a dataset_config) is read."""
-    values: dict[str, Any] = {}
-    if path is not None:
-        values = flatten_toml(read_toml(path))
-    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    return values
-
-
-def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
-    """Read `path` (TOML), apply `overrides`, validate."""
-    config = config_from_dict(config_file_values(path, overrides))
-    config.validate()
-    return config

@@ -46,6 +46,7 @@ from lib_sdtrain.train.outputs import (
 from lib_sdtrain.train.prefetch import prefetched, worker_count
 from lib_sdtrain.train.safe_save import SaveGuard, check_output_writable, check_room, is_write_error, rescue_folder
 from lib_sdtrain.train.sampling import check_samplers, generate_samples, read_prompt_file
+from lib_sdtrain.train.settings import validate_config
 from lib_sdtrain.train.state import Position, load_state, restore_rng, save_state
 from lib_sdtrain.train.tensorboard_log import TensorBoardLog
 from lib_sdtrain.utils.files import check_safe_name
@@ -100,7 +101,7 @@ class Trainer:
     compiled_once: bool  # whether that forward has run compiled once (after that, a failure is the model's)
 
     def __init__(self, config: TrainConfig, model: SDModel | None, progress: Progress | None) -> None:
-        config.validate()
+        validate_config(config)
         check_safe_name(config.output_name, "output_name")
         self.config = config
         self.progress = progress or Progress()

@@ -237,8 +237,8 @@ def build(host, dataset_folder, lora_name, trigger_word, model_choices: list[str
     def check_run(*args):
         """The same checks as Start, then what the run would do (images, buckets, steps), without starting it."""
         from lib_sdtrain.jobs import STAGES
-        from lib_sdtrain.train.config import load_config
         from lib_sdtrain.train.run import plan_text
+        from lib_sdtrain.train.settings import load_config
 
         try:
             values = values_of(*args)

@@ -12,9 +12,10 @@ from PIL import Image
 from lib_sdtrain.errors import ConfigError
 from lib_sdtrain.network.kohya_file import load_lora
 from lib_sdtrain.train import data
-from lib_sdtrain.train.config import TrainConfig, load_config
+from lib_sdtrain.train.config import TrainConfig
 from lib_sdtrain.train.dataset_config import Augment
 from lib_sdtrain.train.loop import Trainer
+from lib_sdtrain.train.settings import load_config
 
 
 def _images(folder: Path, count: int, size: tuple[int, int], captions: dict[int, str] | None = None) -> Path:

@@ -6,8 +6,8 @@ from lib_sdtrain.main import main
 from lib_sdtrain.models.loading import load_sd_model
 from lib_sdtrain.network.kohya_file import save_lora
 from lib_sdtrain.network.lora import LoRANetwork, NetworkSpec
-from lib_sdtrain.train.config import load_config
 from lib_sdtrain.train.loop import train
+from lib_sdtrain.train.settings import load_config
 from tests.train.conftest import train_settings
 
 

@@ -16,9 +16,10 @@ from PIL import Image
 
 from lib_sdtrain.errors import ConfigError, DatasetError
 from lib_sdtrain.train import data
-from lib_sdtrain.train.config import TrainConfig, load_config
+from lib_sdtrain.train.config import TrainConfig
 from lib_sdtrain.train.dataset_config import Augment
 from lib_sdtrain.train.loop import Trainer, train
+from lib_sdtrain.train.settings import load_config
 from tests.train.conftest import SCALING, target_latent, train_settings
 
 T0 = data.CaptionTime(epoch=1, step=0, max_steps=100)

@@ -9,10 +9,11 @@ import pytest
 import tomllib
 
 from lib_sdtrain.errors import ConfigError
-from lib_sdtrain.train.config import KNOWN_KEYS, config_from_dict, flatten_toml
+from lib_sdtrain.train.config import KNOWN_KEYS, flatten_toml
 from lib_sdtrain.train.key_table import key_status, key_table_markdown, readme_key_table, table_keys
 from lib_sdtrain.train.kohya_keys import ACCEPTED_OUTSIDE_SCHEMA, BY_KEY, KOHYA_DEFAULTS, KOHYA_KEYS, Policy, refusal
 from lib_sdtrain.train.options import OPTIONS
+from lib_sdtrain.train.settings import config_from_dict, validate_config
 
 REFUSED = {e.key: e.note for e in KOHYA_KEYS if e.policy is Policy.REFUSED}
 
@@ -245,7 +246,7 @@ def test_kohya_example_configs_are_honoured_or_reported(text, tmp_path):
         dataset.write_text(f'[[datasets]]\n[[datasets.subsets]]\nimage_dir = "{(tmp_path / "img").as_posix()}"\n')
         values["dataset_config"] = str(dataset)
     config = config_from_dict(values)
-    config.validate()
+    validate_config(config)
     for key, value in values.items():
         if key in config.given:  # honoured: the setting itself, or its kohya value as the trainer reads it
             assert key in KNOWN_KEYS, key
@@ -271,7 +272,7 @@ def test_gui_values_sd_train_cannot_honour_are_refused(key, value):
 def test_network_args_sd_train_cannot_honour_are_refused(entry, message):
     values = {**_example_keys(KOHYA_SS_GUI), "network_args": [entry]}
     with pytest.raises(ConfigError, match=f"network_args {message}"):
-        config_from_dict(values).validate()
+        validate_config(config_from_dict(values))
 
 
 def test_no_key_is_accepted_and_then_ignored():

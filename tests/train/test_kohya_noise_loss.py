@@ -14,9 +14,10 @@ from lib_sdtrain.errors import ConfigError
 from lib_sdtrain.network.kohya_file import load_lora
 from lib_sdtrain.network.lora import LoRANetwork, NetworkSpec
 from lib_sdtrain.train import noise_and_loss as nl
-from lib_sdtrain.train.config import KNOWN_KEYS, config_from_dict, load_config
+from lib_sdtrain.train.config import KNOWN_KEYS
 from lib_sdtrain.train.kohya_keys import ACCEPTED_OUTSIDE_SCHEMA
 from lib_sdtrain.train.loop import Trainer, train
+from lib_sdtrain.train.settings import config_from_dict, load_config, validate_config
 from lib_sdtrain.utils.progress import CallbackProgress
 from tests.train.conftest import train_settings
 
@@ -69,7 +70,7 @@ def test_keys_are_schema_options_not_default_only():
 def test_combinations_kohya_refuses_or_that_would_do_nothing(overrides, message, tmp_path):
     settings = {"pretrained_model_name_or_path": "m", "train_data_dir": "d", "network_module": "networks.lora"}
     with pytest.raises(ConfigError, match=message):
-        config_from_dict({**settings, **overrides}).validate()
+        validate_config(config_from_dict({**settings, **overrides}))
 
 
 def test_scale_v_pred_loss_needs_a_v_model(tiny_sd_dir, sks_dataset, tmp_path):

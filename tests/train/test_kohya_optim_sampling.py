@@ -10,12 +10,12 @@ from safetensors import safe_open
 
 from lib_sdtrain.errors import ConfigError
 from lib_sdtrain.train import text
-from lib_sdtrain.train.config import config_from_dict, load_config
 from lib_sdtrain.train.loop import Trainer, train
 from lib_sdtrain.train.optim import make_lr_scheduler, make_optimizer, parse_optimizer_args
 from lib_sdtrain.train.outputs import MINIMUM_KEYS
 from lib_sdtrain.train.prompt_weights import parse_attention, weighted_prompt_states
 from lib_sdtrain.train.sampling import parse_prompt_line, read_prompt_file, sample_scheduler
+from lib_sdtrain.train.settings import config_from_dict, load_config, validate_config
 from tests.train.conftest import train_settings
 
 REQUIRED = {"pretrained_model_name_or_path": "base.safetensors", "train_data_dir": "data"}
@@ -27,7 +27,7 @@ def config_for(tiny_sd_dir, sks_dataset, tmp_path, **overrides):
 
 def settings(**values):
     config = config_from_dict({**REQUIRED, **values})
-    config.validate()
+    validate_config(config)
     return config
 
 

@@ -14,8 +14,9 @@ from lib_sdtrain.dataset.images import load_image_rgb
 from lib_sdtrain.errors import ConfigError, DatasetError
 from lib_sdtrain.network.kohya_file import load_lora
 from lib_sdtrain.train import data, state
-from lib_sdtrain.train.config import TrainConfig, load_config
+from lib_sdtrain.train.config import TrainConfig
 from lib_sdtrain.train.loop import Trainer, train
+from lib_sdtrain.train.settings import load_config
 from lib_sdtrain.utils.progress import CallbackProgress, Progress
 from tests.train.conftest import SCALING, target_latent, train_settings
 

@@ -10,8 +10,8 @@ from PIL import Image
 
 from lib_sdtrain.prepare.latents import encode_latents, image_noise_seed
 from lib_sdtrain.train import data
-from lib_sdtrain.train.config import load_config
 from lib_sdtrain.train.loop import STORAGE_DEVICE, Trainer, train
+from lib_sdtrain.train.settings import load_config
 
 
 @pytest.fixture

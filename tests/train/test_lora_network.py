@@ -225,8 +225,8 @@ def test_the_three_dropouts_are_kohyas(dropout, rank_dropout, module_dropout):
 
 
 def test_network_args_dropouts_reach_the_modules_and_the_metadata(tiny_sd_dir, sks_dataset, tmp_path):
-    from lib_sdtrain.train.config import load_config
     from lib_sdtrain.train.loop import train
+    from lib_sdtrain.train.settings import load_config
     from tests.train.conftest import train_settings
 
     args = ["rank_dropout=0.2", "module_dropout=0.1"]

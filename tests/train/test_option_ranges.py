@@ -7,8 +7,9 @@ import pytest
 
 from lib_sdtrain.errors import ConfigError
 from lib_sdtrain.main import main
-from lib_sdtrain.train.config import TrainConfig, load_config
+from lib_sdtrain.train.config import TrainConfig
 from lib_sdtrain.train.options import OPTIONS, option_by_name
+from lib_sdtrain.train.settings import load_config, validate_config
 
 OUT_OF_RANGE = [
     ("max_train_epochs", "-3", "1 or more"),
@@ -41,7 +42,7 @@ def test_a_toml_and_a_config_made_in_code_are_refused_alike(name, value, allowed
         load_config(config)
     typed = option_by_name(name).type(float(value))
     with pytest.raises(ConfigError, match=allowed):
-        TrainConfig(pretrained_model_name_or_path="m", train_data_dir="d", **{name: typed}).validate()
+        validate_config(TrainConfig(pretrained_model_name_or_path="m", train_data_dir="d", **{name: typed}))
 
 
 def test_every_number_option_states_its_range_in_the_help_or_takes_any_value():

@@ -12,8 +12,9 @@ from lib_sdtrain.cli import build_parser
 from lib_sdtrain.errors import ConfigError
 from lib_sdtrain.main import main
 from lib_sdtrain.train import presets
-from lib_sdtrain.train.config import INTERNAL_FIELDS, TrainConfig, config_from_dict, config_values, load_config
+from lib_sdtrain.train.config import INTERNAL_FIELDS, TrainConfig, config_values
 from lib_sdtrain.train.options import CATEGORIES, OPTIONS, coerce_value, option_by_name
+from lib_sdtrain.train.settings import config_from_dict, load_config
 from lib_sdtrain.train.toml_writer import config_to_toml
 
 REQUIRED = {"pretrained_model_name_or_path": "models/base.safetensors", "train_data_dir": "datasets/sks"}

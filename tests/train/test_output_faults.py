@@ -12,8 +12,8 @@ import pytest
 from lib_sdtrain.errors import OutputError
 from lib_sdtrain.network.kohya_file import load_lora
 from lib_sdtrain.train import loop
-from lib_sdtrain.train.config import load_config
 from lib_sdtrain.train.safe_save import RESCUE_ENV
+from lib_sdtrain.train.settings import load_config
 from lib_sdtrain.utils.progress import CallbackProgress
 from tests.mounts import remount_read_only, tmpfs_mount
 from tests.train.conftest import train_settings

@@ -10,9 +10,9 @@ from types import SimpleNamespace
 import numpy as np
 from PIL import Image
 
-from lib_sdtrain.train.config import config_from_dict
 from lib_sdtrain.train.data import TrainItem
 from lib_sdtrain.train.outputs import lora_metadata
+from lib_sdtrain.train.settings import config_from_dict
 from lib_sdtrain.train.state import Position
 
 # kohya sd-scripts v0.8.7 train_network.py: the keys of its metadata dict for a run without dataset_config (which

@@ -11,8 +11,8 @@ from lib_sdtrain.models.loading import load_sd_model
 from lib_sdtrain.network.kohya_file import load_lora
 from lib_sdtrain.network.lora import LoRANetwork, NetworkSpec
 from lib_sdtrain.train import text
-from lib_sdtrain.train.config import load_config
 from lib_sdtrain.train.loop import Trainer, TrainingDiverged, shard_batches, train
+from lib_sdtrain.train.settings import load_config
 from lib_sdtrain.utils.progress import CallbackProgress
 from tests.train.conftest import target_latent, train_settings
 

@@ -11,8 +11,8 @@ import gradio as gr
 import pytest
 
 from lib_sdtrain.main import main
-from lib_sdtrain.train.config import load_config
 from lib_sdtrain.train.options import OPTIONS, option_by_name
+from lib_sdtrain.train.settings import load_config
 from lib_sdtrain.ui.option_form import OptionForm, form_value
 from lib_sdtrain.ui.standalone_app import AppSettings, create_app
 from lib_sdtrain.ui.train_tab import MODE_KEYS, MODES, applies_to, form_to_values
