@@ -170,3 +170,51 @@ def write_tiny_diffusers_model(
         pipe = tiny_pipeline(Path(tokenizer_src), seed=seed, sd2=sd2, words=words)
         pipe.save_pretrained(folder, safe_serialization=True)
     return folder
+
+
+SDXL_TIME_EMBED_DIM = 8  # per number of the six size/crop/target-size ids
+
+
+def tiny_sdxl_unet() -> UNet2DConditionModel:
+    """SDXL's shape in small: no attention at the first level, linear projections, a deeper transformer lower down,
+    cross-attention over both text encoders' states, and the pooled text + time ids as the added embedding."""
+    return UNet2DConditionModel(
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        transformer_layers_per_block=(1, 2),
+        cross_attention_dim=TEXT_HIDDEN * 2,
+        attention_head_dim=(2, 4),
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=SDXL_TIME_EMBED_DIM,
+        projection_class_embeddings_input_dim=SDXL_TIME_EMBED_DIM * 6 + TEXT_HIDDEN,
+        norm_num_groups=32,
+    )
+
+
+def write_tiny_sdxl_diffusers_model(folder: Path, seed: int = 0) -> Path:
+    """A complete diffusers SDXL folder (StableDiffusionXLPipeline: unet, vae, text_encoder, text_encoder_2, both
+    tokenizers, scheduler) with random weights."""
+    from diffusers import StableDiffusionXLPipeline
+    from transformers import CLIPTextModelWithProjection
+
+    with tempfile.TemporaryDirectory() as tokenizer_src, torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        tokenizer = write_tiny_tokenizer(Path(tokenizer_src))
+        second = tiny_text_encoder(tokenizer, hidden_act="gelu").config  # OpenCLIP's activation, with a projection
+        pipe = StableDiffusionXLPipeline(
+            vae=tiny_vae(),
+            text_encoder=tiny_text_encoder(tokenizer),
+            text_encoder_2=CLIPTextModelWithProjection(second),
+            tokenizer=tokenizer,
+            tokenizer_2=tokenizer,
+            unet=tiny_sdxl_unet(),
+            scheduler=tiny_scheduler(),
+        )
+        pipe.save_pretrained(folder, safe_serialization=True)
+    return folder

@@ -19,7 +19,7 @@ import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from lib_sdtrain.errors import ModelLoadError
+from lib_sdtrain.errors import ModelLoadError, UnsupportedModelError
 from lib_sdtrain.models import ldm_keys
 from lib_sdtrain.models.checkpoint_file import StateDict, detect_sd_version, normalize_ldm_keys, read_checkpoint
 from lib_sdtrain.models.configs import (
@@ -320,6 +320,7 @@ def load_diffusers(
     dtype: torch.dtype = torch.float32,
 ) -> SDModel:
     local_only = hub_offline() or Path(source).is_dir()
+    _refuse_other_families(source, _diffusers_pipeline_class(source, local_only))
     kwargs = {"torch_dtype": dtype, "local_files_only": local_only}
     try:
         unet = _from_pretrained(UNet2DConditionModel, source, "unet", kwargs)
@@ -330,6 +331,8 @@ def load_diffusers(
         where = "the local Hugging Face cache (the hub is offline)" if local_only else "the Hugging Face hub"
         hint = "" if Path(source).is_dir() else f" It was looked up in {where}."
         raise ModelLoadError(f"Could not load the diffusers model {source}: {e}.{hint}") from e
+    if getattr(unet.config, "addition_embed_type", None) == "text_time":  # SDXL's size and crop conditioning
+        _refuse_other_families(source, "StableDiffusionXLPipeline")
     if tokenizer is None:
         tokenizer = source
     text_tokenizer = tokenizer if isinstance(tokenizer, CLIPTokenizer) else _tokenizer_from(str(tokenizer), local_only)
@@ -345,6 +348,39 @@ def load_diffusers(
         source=source,
         scheduler_config={k: scheduler[k] for k in _SCHEDULER_KEYS if k in scheduler},
     )
+
+
+# diffusers pipeline classes (model_index.json's _class_name) of the families SD-Train does not train, by name.
+OTHER_FAMILIES = {
+    "StableDiffusionXL": ("an SDXL model", "SDXL is not supported yet"),
+    "StableDiffusion3": ("an SD3 model", "SD3 is not supported"),
+    "Flux": ("a Flux model", "Flux is not supported"),
+}
+
+
+def _diffusers_pipeline_class(source: str, local_only: bool) -> str:
+    """model_index.json's _class_name ("StableDiffusionPipeline", ...), or "" when it cannot be read here (the
+    weights are then loaded and checked as they are)."""
+    import json
+
+    try:
+        if Path(source).is_dir():
+            index = Path(source) / "model_index.json"
+        else:
+            from huggingface_hub import hf_hub_download
+
+            index = Path(hf_hub_download(source, "model_index.json", local_files_only=local_only))
+        return str(json.loads(index.read_text(encoding="utf-8")).get("_class_name", ""))
+    except Exception:  # no index, offline, not JSON: nothing known yet
+        return ""
+
+
+def _refuse_other_families(source: str, pipeline_class: str) -> None:
+    for prefix, (what, verdict) in OTHER_FAMILIES.items():
+        if pipeline_class.startswith(prefix):
+            raise UnsupportedModelError(
+                f"{source} is {what} (a diffusers {pipeline_class}). SD-Train supports SD 1.x and 2.x; {verdict}."
+            )
 
 
 def _read_scheduler_config(source: str, local_only: bool) -> dict[str, Any]:

@@ -83,6 +83,33 @@ def test_sdxl_is_recognised_and_refused(tmp_path, tokenizer):
         load_sd_model(path, tokenizer=tokenizer)
 
 
+def test_a_diffusers_sdxl_is_refused_by_name_before_its_weights_load(tmp_path):
+    """A real (tiny) SDXL folder used to load as "sd2" and fail later; it is named, from model_index.json, and
+    without one from its UNet's text_time conditioning."""
+    import json
+    import shutil
+
+    from lib_sdtrain.demo.tiny_models import write_tiny_sdxl_diffusers_model
+
+    folder = write_tiny_sdxl_diffusers_model(tmp_path / "sdxl")
+    assert json.loads((folder / "model_index.json").read_text())["_class_name"] == "StableDiffusionXLPipeline"
+    with pytest.raises(UnsupportedModelError, match=r"sdxl is an SDXL model .*SDXL is not supported yet"):
+        load_sd_model(folder)
+    (folder / "model_index.json").unlink()
+    shutil.rmtree(folder / "text_encoder_2")
+    with pytest.raises(UnsupportedModelError, match=r"is an SDXL model"):
+        load_sd_model(folder)
+
+
+@pytest.mark.parametrize(("pipeline", "name"), [("StableDiffusion3Pipeline", "SD3"), ("FluxPipeline", "Flux")])
+def test_other_diffusers_families_are_named(tmp_path, pipeline, name):
+    folder = tmp_path / "model"
+    (folder / "transformer").mkdir(parents=True)
+    (folder / "model_index.json").write_text(f'{{"_class_name": "{pipeline}"}}')
+    with pytest.raises(UnsupportedModelError, match=rf"is an? {name} model \(a diffusers {pipeline}\)"):
+        load_sd_model(folder)
+
+
 def test_lora_and_module_files_are_explained(tmp_path, tokenizer):
     lora = tmp_path / "lora.safetensors"
     save_file({"lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight": torch.zeros(4, 4)}, str(lora))
