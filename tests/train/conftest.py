@@ -11,6 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
+from lib_sdtrain.train.config import TrainConfig
+from lib_sdtrain.train.settings import config_from_dict, load_config, validate_config
+
 SCALING = 0.18215
 
 
@@ -55,3 +58,18 @@ def train_settings(model_dir: Path, dataset: dict[str, Path], out: Path, **overr
     }
     settings.update(overrides)
     return settings
+
+
+def config_for(tiny_sd_dir, sks_dataset, tmp_path, **overrides):
+    return load_config(None, train_settings(tiny_sd_dir, sks_dataset, tmp_path / "out", **overrides))
+
+
+REQUIRED = {"pretrained_model_name_or_path": "models/base.safetensors", "train_data_dir": "datasets/sks"}
+"""The keys every config needs, for tests that only read a config (nothing is opened)."""
+
+
+def settings(**values) -> TrainConfig:
+    """A config of `values` read and checked as load_config does, without a model or dataset."""
+    config = config_from_dict({"pretrained_model_name_or_path": "base.safetensors", "train_data_dir": "data", **values})
+    validate_config(config)
+    return config

@@ -1,5 +1,6 @@
-"""Every kohya key is honoured, accepted as a no-op, or refused with a message: the README's key table, and kohya's own
-example configs walked key by key (none may be silently ignored)."""
+"""train/kohya_keys.py and key_table.py: every kohya key is honoured, a no-op, or refused with a message.
+
+The README's key table, and kohya's own example configs walked key by key (none may be silently ignored)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from lib_sdtrain.train.config import KNOWN_KEYS, flatten_toml
 from lib_sdtrain.train.key_table import key_status, key_table_markdown, readme_key_table, table_keys
 from lib_sdtrain.train.kohya_keys import ACCEPTED_OUTSIDE_SCHEMA, BY_KEY, KOHYA_DEFAULTS, KOHYA_KEYS, Policy, refusal
 from lib_sdtrain.train.options import OPTIONS
-from lib_sdtrain.train.settings import config_from_dict, validate_config
+from lib_sdtrain.train.settings import config_from_dict, load_config, validate_config
+from tests.train.conftest import config_for
 
 REFUSED = {e.key: e.note for e in KOHYA_KEYS if e.policy is Policy.REFUSED}
 
@@ -225,7 +227,7 @@ xformers = true
 
 # A kohya_ss GUI config with non-default values for options SD-Train does not implement: each one is refused.
 # (loss_type, timesteps, multires and ip noise, zero_terminal_snr, debiased_estimation_loss and scale_weight_norms
-# are implemented: tests/train/test_kohya_noise_loss.py.)
+# are implemented: tests/train/test_noise_and_loss.py.)
 GUI_NOT_IMPLEMENTED = {
     "noise_offset_type": "Perlin",
     "lr_scheduler_args": ["T_max=100"],
@@ -280,3 +282,39 @@ def test_no_key_is_accepted_and_then_ignored():
     at a value that changes nothing: the README table has no "accepted but not used" group."""
     statuses = {key: key_status(key)[0] for key in ACCEPTED_OUTSIDE_SCHEMA}
     assert "Accepted, not used" not in statuses.values(), statuses
+
+
+# --- kohya keys SD-Train now implements or refuses -----------------------------------------------------------------
+
+
+IMPLEMENTED = (
+    "min_timestep", "max_timestep", "multires_noise_iterations", "multires_noise_discount",
+    "noise_offset_random_strength", "adaptive_noise_scale", "ip_noise_gamma", "ip_noise_gamma_random_strength",
+    "zero_terminal_snr", "debiased_estimation_loss", "scale_v_pred_loss_like_noise_pred", "v_pred_like_loss",
+    "loss_type", "huber_c", "huber_schedule", "huber_scale", "scale_weight_norms", "network_multiplier",
+    "dim_from_weights", "vae",
+)  # fmt: skip
+
+
+def test_keys_are_schema_options_not_default_only():
+    for key in IMPLEMENTED:
+        assert key in KNOWN_KEYS and key not in ACCEPTED_OUTSIDE_SCHEMA, key
+    values = {"pretrained_model_name_or_path": "m", "train_data_dir": "d", "loss_type": "huber", "min_timestep": 100}
+    config = config_from_dict({**values, "noise_offset_type": "Multires", "multires_noise_iterations": 6})
+    assert (config.loss_type, config.min_timestep, config.multires_noise_iterations) == ("huber", 100, 6)
+    assert config.ignored == {"noise_offset_type": "Multires"}  # the GUI's field: sd-scripts does not read it
+    with pytest.raises(ConfigError, match="loss_type"):
+        config_from_dict({**values, "loss_type": "l3"})
+
+
+def test_face_crop_aug_range_is_refused_unless_unset():
+    base = {"pretrained_model_name_or_path": "m", "train_data_dir": "d"}
+    assert "face_crop_aug_range" in load_config(None, {**base, "face_crop_aug_range": ""}).ignored
+    with pytest.raises(ConfigError, match=r"face_crop_aug_range = '2\.0,4\.0' is not implemented"):
+        load_config(None, {**base, "face_crop_aug_range": "2.0,4.0"})
+
+
+def test_debug_dataset_is_refused_since_it_would_not_train(tiny_sd_dir, sks_dataset, tmp_path):
+    with pytest.raises(ConfigError, match="debug_dataset = True is not implemented"):
+        config_for(tiny_sd_dir, sks_dataset, tmp_path, debug_dataset=True)
+    assert config_for(tiny_sd_dir, sks_dataset, tmp_path, debug_dataset=False).ignored == {"debug_dataset": False}

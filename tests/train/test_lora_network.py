@@ -1,4 +1,4 @@
-"""The LoRA network: kohya's module set and names, its file format and hashes, and agreement with peers."""
+"""The LoRA network: kohya's module set and names, its file format and hashes, agreement with peers, max-norm."""
 
 from __future__ import annotations
 
@@ -261,3 +261,26 @@ def test_a_rank_as_wide_as_the_widest_layer_is_kept_as_kohya_keeps_it():
         network = LoRANetwork(unet, text_encoder, NetworkSpec(rank=1280))
     ranks = {lora.lora_down.weight.shape[0] for lora in network.all_loras()}
     assert ranks == {1280}  # narrower layers too: their extra ranks add nothing, but kohya makes them
+
+
+# --- kohya's max-norm regularisation (scale_weight_norms) ----------------------------------------------------------
+
+
+def test_max_norm_scales_each_module_down_to_the_limit(tiny_sd_dir):
+    from lib_sdtrain.models.loading import load_sd_model
+
+    model = load_sd_model(tiny_sd_dir)
+    network = LoRANetwork(model.unet, model.text_encoder, NetworkSpec(rank=4, alpha=2, conv_rank=2, conv_alpha=1))
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for i, lora in enumerate(network.all_loras()):
+            lora.lora_up.weight.copy_(torch.randn(lora.lora_up.weight.shape, generator=generator) * (i % 3))
+    before = [float(lora.scaled_update().norm()) for lora in network.all_loras()]
+    limit = sorted(before)[len(before) // 2]
+    keys_scaled, mean_norm, max_norm = network.apply_max_norm(limit)
+    after = [float(lora.scaled_update().norm()) for lora in network.all_loras()]
+    assert keys_scaled == sum(n > limit for n in before) > 0
+    assert max(after) <= limit * (1 + 1e-5) and max_norm == pytest.approx(max(after), rel=1e-5)
+    assert mean_norm == pytest.approx(sum(min(n, limit) for n in before) / len(before), rel=1e-5)
+    for b, a in zip(before, after, strict=True):
+        assert a == pytest.approx(min(b, limit), rel=1e-4, abs=1e-7)  # norms below the limit are left alone

@@ -1,4 +1,5 @@
-"""The ss_* metadata: kohya v0.8.7 train_network.py's keys for a DreamBooth-style (N_name folders) LoRA run."""
+"""The ss_* metadata: kohya v0.8.7 train_network.py's keys for a DreamBooth-style (N_name folders) LoRA run, and
+no_metadata's minimum."""
 
 from __future__ import annotations
 
@@ -9,11 +10,14 @@ from types import SimpleNamespace
 
 import numpy as np
 from PIL import Image
+from safetensors import safe_open
 
 from lib_sdtrain.train.data import TrainItem
-from lib_sdtrain.train.outputs import lora_metadata
+from lib_sdtrain.train.loop import train
+from lib_sdtrain.train.outputs import MINIMUM_KEYS, lora_metadata
 from lib_sdtrain.train.settings import config_from_dict
 from lib_sdtrain.train.state import Position
+from tests.train.conftest import config_for
 
 # kohya sd-scripts v0.8.7 train_network.py: the keys of its metadata dict for a run without dataset_config (which
 # writes ss_datasets instead of the dataset keys), plus those added per save. ss_network_args only with network_args;
@@ -142,3 +146,14 @@ def test_training_comment_is_written_when_given(tmp_path):
     assert lora_metadata(trainer, finished=True)["ss_training_comment"] == "my first LoRA"
     trainer.stop_note = "cancelled at step 3 of 12"  # a stopped run says so, whatever the comment
     assert lora_metadata(trainer, finished=False)["ss_training_comment"] == "cancelled at step 3 of 12"
+
+
+def test_no_metadata_keeps_kohyas_minimum_and_training_comment_is_written(tiny_sd_dir, sks_dataset, tmp_path):
+    bare = train(config_for(tiny_sd_dir, sks_dataset, tmp_path, max_train_steps=1, no_metadata=True,
+                            training_comment="hello"))  # fmt: skip
+    with safe_open(str(bare.output), "pt") as f:
+        ss = {k for k in f.metadata() if k.startswith("ss_")}
+    assert ss and ss <= MINIMUM_KEYS and "ss_network_dim" in ss
+    full = train(config_for(tiny_sd_dir, sks_dataset, tmp_path, max_train_steps=1, training_comment="hello"))
+    with safe_open(str(full.output), "pt") as f:
+        assert f.metadata()["ss_training_comment"] == "hello"

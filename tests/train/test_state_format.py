@@ -1,5 +1,6 @@
 """The training state without pickles: state dicts round-trip exactly through safetensors + JSON, a crash between
-the two renames of a save loses nothing, and a damaged or mismatched state is named with what is wrong."""
+the two renames of a save loses nothing, a damaged or mismatched state is named with what is wrong, and the CUDA random
+state is saved and restored where CUDA is present."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import pytest
 import torch
 
 from lib_sdtrain.errors import SDTrainError
+from lib_sdtrain.train import state
 from lib_sdtrain.train.loop import Trainer
 from lib_sdtrain.train.run import list_states
 from lib_sdtrain.train.state import Position, load_state, load_tree, restore_rng, save_state, save_tree
@@ -143,3 +145,27 @@ def test_resuming_with_another_network_dim_says_both_dims(tiny_sd_dir, sks_datas
                                resume=str(state)), None, None)  # fmt: skip
     with pytest.raises(SDTrainError, match=r"saved with network_dim 8, this run has network_dim 4"):
         other.setup()
+
+
+# --- the CUDA random state is saved and restored -------------------------------------------------------------------
+
+
+def test_state_carries_the_cuda_rng_when_cuda_is_present(tmp_path, monkeypatch):
+    cuda_state = torch.arange(16, dtype=torch.uint8)
+    restored = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device="cuda": cuda_state.clone())
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda s, device="cuda": restored.append(s))
+    generator = torch.Generator().manual_seed(3)
+    rng = state.rng_state({"noise": generator})
+    assert torch.equal(rng["cuda"], cuda_state)
+    state.restore_rng(rng, {"noise": generator})
+    assert len(restored) == 1 and torch.equal(restored[0], cuda_state)
+    restored.clear()
+    state.restore_rng({k: v for k, v in rng.items() if k != "cuda"}, {"noise": generator})  # an older state
+    assert restored == []
+
+
+def test_state_without_cuda_has_no_cuda_rng(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert "cuda" not in state.rng_state({})

@@ -1,7 +1,4 @@
-"""kohya's caption and image options, as its library/train_util.py (v0.9) applies them: caption prefix/suffix,
-keep_tokens_separator, tag dropout, epoch dropout, token warmup, wildcards, secondary_separator; enable_bucket off,
-bucket_no_upscale, random_crop, color_aug; flipped cached latents (inside the .npz or v0.6's _flip.npz); several
-[[datasets]] in a dataset_config."""
+"""train/data.py: dataset layouts, captions as kohya processes them, buckets, crops, pixels, cached latents."""
 
 from __future__ import annotations
 
@@ -14,13 +11,14 @@ import pytest
 import torch
 from PIL import Image
 
+from lib_sdtrain.dataset.images import load_image_rgb
 from lib_sdtrain.errors import ConfigError, DatasetError
 from lib_sdtrain.train import data
 from lib_sdtrain.train.config import TrainConfig
 from lib_sdtrain.train.dataset_config import Augment
-from lib_sdtrain.train.loop import Trainer, train
+from lib_sdtrain.train.loop import train
 from lib_sdtrain.train.settings import load_config
-from tests.train.conftest import SCALING, target_latent, train_settings
+from tests.train.conftest import SCALING, target_latent
 
 T0 = data.CaptionTime(epoch=1, step=0, max_steps=100)
 
@@ -51,7 +49,56 @@ def _folder(tmp_path: Path, sizes: list[tuple[int, int]], caption: str | None = 
     return root
 
 
-# --- captions ----------------------------------------------------------------------------------------------------
+# --- layouts -------------------------------------------------------------------------------------------------------
+
+
+def test_dreambooth_folders_with_repeats_and_captions(tmp_path):
+    root = tmp_path / "train"
+    (root / "5_sks girl").mkdir(parents=True)
+    (root / "2_style").mkdir()
+    (root / "notes").mkdir()  # not an N_name folder: ignored
+    Image.new("RGB", (128, 64)).save(root / "5_sks girl" / "a.png")
+    Image.new("RGB", (64, 64)).save(root / "5_sks girl" / "b.png")
+    (root / "5_sks girl" / "a.caption").write_bytes("sks girl, caf\xe9".encode("cp1252"))  # not UTF-8
+    Image.new("RGB", (64, 128)).save(root / "2_style" / "c.png")
+    config = TrainConfig(train_data_dir=str(root), resolution="96,96", min_bucket_reso=64, bucket_reso_steps=32)
+    items = data.collect_items(config)
+    by_key = {}
+    for item in items:
+        by_key.setdefault(item.key, []).append(item)
+    assert {k: len(v) for k, v in by_key.items()} == {"5_sks girl/a.png": 5, "5_sks girl/b.png": 5, "2_style/c.png": 2}
+    assert by_key["5_sks girl/a.png"][0].caption == "sks girl, café"
+    assert by_key["5_sks girl/b.png"][0].caption == "sks girl"  # the folder's class words
+    assert by_key["5_sks girl/a.png"][0].bucket[0] > by_key["5_sks girl/a.png"][0].bucket[1]  # landscape bucket
+    assert by_key["2_style/c.png"][0].bucket[0] < by_key["2_style/c.png"][0].bucket[1]
+
+    batches = data.epoch_batches(items, 2, seed=1, epoch=0)
+    assert sorted(i for b in batches for i in b) == list(range(len(items)))
+    assert all(len({items[i].bucket for i in b}) == 1 for b in batches)  # one resolution per batch
+    assert batches == data.epoch_batches(items, 2, seed=1, epoch=0) != data.epoch_batches(items, 2, seed=1, epoch=1)
+
+    pixels = data.load_pixels(by_key["5_sks girl/a.png"][0])
+    assert pixels.shape == (3, *reversed(by_key["5_sks girl/a.png"][0].bucket)) and pixels.min() >= -1
+
+
+def test_empty_or_missing_dataset(tmp_path):
+    with pytest.raises(DatasetError, match="No training images"):
+        data.collect_items(TrainConfig(train_data_dir=str(tmp_path)))
+    with pytest.raises(DatasetError, match="in_json not found"):
+        data.collect_items(TrainConfig(train_data_dir=str(tmp_path), in_json=str(tmp_path / "meta_lat.json")))
+
+
+# --- captions ------------------------------------------------------------------------------------------------------
+
+
+def test_caption_shuffle_keep_tokens_and_dropout():
+    config = TrainConfig(shuffle_caption=True, keep_tokens=1)
+    seen = {data.process_caption("sks, red, hat, smile", config, torch.Generator().manual_seed(s)) for s in range(20)}
+    assert len(seen) > 1 and all(
+        c.startswith("sks, ") and sorted(c.split(", ")) == ["hat", "red", "sks", "smile"] for c in seen
+    )
+    dropped = TrainConfig(caption_dropout_rate=1.0)
+    assert data.process_caption("sks", dropped, torch.Generator()) == ""
 
 
 def test_prefix_and_suffix_wrap_the_caption_and_go_with_caption_dropout():
@@ -120,28 +167,6 @@ def test_wildcard_caption_files_keep_every_line(tmp_path):
     assert plain[0].caption == "{red|blue} hat" and wild[0].caption == "{red|blue} hat\nsecond line"
 
 
-@pytest.mark.parametrize(
-    ("overrides", "fixed"),
-    [
-        ({"caption_prefix": "photo of", "caption_suffix": "done", "secondary_separator": ";"}, True),
-        ({"caption_tag_dropout_rate": 0.1}, False),
-        ({"caption_dropout_every_n_epochs": 3}, False),
-        ({"token_warmup_step": 5}, False),
-        ({"enable_wildcard": True}, False),
-    ],
-)
-def test_text_encoder_outputs_are_cached_only_for_fixed_captions(tiny_sd_dir, sks_dataset, tmp_path, overrides, fixed):
-    settings = train_settings(tiny_sd_dir, sks_dataset, tmp_path / "out", network_train_unet_only=True, **overrides)
-    meta = json.loads(sks_dataset["meta"].read_text())
-    meta["red0"]["caption"] = "{sks|red}"  # a wildcard caption, for enable_wildcard
-    sks_dataset["meta"].write_text(json.dumps(meta))
-    trainer = Trainer(load_config(None, settings), None, None)
-    assert trainer.captions_fixed() is fixed
-    if fixed:
-        trainer.setup()
-        assert "photo of sks done" in trainer.text_cache  # the processed caption, which steps look up
-
-
 def test_training_with_caption_and_pixel_options_runs(tiny_sd_dir, tmp_path):
     root = _folder(tmp_path, [(80, 64), (64, 96)], caption="sks ||| red, hat, smile")
     settings = {
@@ -155,7 +180,22 @@ def test_training_with_caption_and_pixel_options_runs(tiny_sd_dir, tmp_path):
     assert result.steps == 3 and result.output.is_file()
 
 
-# --- buckets and crops ---------------------------------------------------------------------------------------------
+# --- buckets, crops and pixels -------------------------------------------------------------------------------------
+
+
+def test_exif_rotated_image_gets_the_upright_bucket(tmp_path):
+    root = tmp_path / "train" / "2_sks"
+    root.mkdir(parents=True)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored landscape, shown rotated 90 degrees: portrait
+    Image.new("RGB", (128, 64), (200, 10, 10)).save(root / "phone.jpg", exif=exif)
+    config = TrainConfig(train_data_dir=str(tmp_path / "train"), resolution="96,96", min_bucket_reso=64,
+                         bucket_reso_steps=32)  # fmt: skip
+    item = data.collect_items(config)[0]
+    upright = load_image_rgb(root / "phone.jpg").size
+    assert upright == (64, 128)
+    assert item.bucket[1] > item.bucket[0], f"portrait photo put in landscape bucket {item.bucket}"
+    assert data.load_pixels(item).shape == (3, item.bucket[1], item.bucket[0])
 
 
 def test_enable_bucket_off_crops_every_image_to_the_resolution(tmp_path):
@@ -220,13 +260,6 @@ def test_pixel_augmentations_refuse_asked_for_latent_caching(tmp_path, key):
             data.collect_items(load_config(None, {**base, **asked}))
 
 
-def test_face_crop_aug_range_is_refused_unless_unset():
-    base = {"pretrained_model_name_or_path": "m", "train_data_dir": "d"}
-    assert "face_crop_aug_range" in load_config(None, {**base, "face_crop_aug_range": ""}).ignored
-    with pytest.raises(ConfigError, match=r"face_crop_aug_range = '2\.0,4\.0' is not implemented"):
-        load_config(None, {**base, "face_crop_aug_range": "2.0,4.0"})
-
-
 # --- cached latents (metadata datasets) ----------------------------------------------------------------------------
 
 
@@ -269,7 +302,50 @@ def test_enable_bucket_off_is_refused_with_metadata_buckets(sks_dataset):
         data.collect_items(_metadata_config(sks_dataset, enable_bucket=False))
 
 
-# --- several [[datasets]] --------------------------------------------------------------------------------------------
+def test_cached_latents_in_sub_folders_are_found(tmp_path):
+    root = tmp_path / "data"
+    metadata = {}
+    for sub in ("a", "b"):
+        (root / sub).mkdir(parents=True)
+        image = root / sub / f"img_{sub}.png"
+        Image.new("RGB", (64, 64)).save(image)
+        np.savez(image.with_suffix(".npz"), latents=(target_latent() / SCALING).numpy())
+        metadata[str(image)] = {"caption": "sks", "train_resolution": [64, 64]}
+    meta = root / "meta_lat.json"
+    meta.write_text(json.dumps(metadata))
+    config = TrainConfig(train_data_dir=str(root), in_json=str(meta), resolution="64,64", min_bucket_reso=64)
+    items = data.collect_items(config)
+    assert [i.latents_path for i in items] == [root / "a" / "img_a.npz", root / "b" / "img_b.npz"]
+
+
+def test_dotted_names_find_their_latents(tmp_path):
+    root = tmp_path / "data"
+    root.mkdir()
+    Image.new("RGB", (64, 64)).save(root / "photo.v2.png")
+    np.savez(root / "photo.v2.npz", latents=(target_latent() / SCALING).numpy())
+    (root / "meta_lat.json").write_text(json.dumps({"photo.v2": {"caption": "sks", "train_resolution": [64, 64]}}))
+    config = TrainConfig(train_data_dir=str(root), in_json=str(root / "meta_lat.json"), resolution="64,64",
+                         min_bucket_reso=64)  # fmt: skip
+    (item,) = data.collect_items(config)
+    assert item.image_path == root / "photo.v2.png" and item.latents_path == root / "photo.v2.npz"
+
+
+def test_latents_prepared_at_another_resolution_are_refused(sks_dataset):
+    config = TrainConfig(train_data_dir=str(sks_dataset["dir"]), in_json=str(sks_dataset["meta"]),
+                         resolution="128,128", min_bucket_reso=64)  # fmt: skip
+    with pytest.raises(DatasetError, match=r"red0\.npz.*64x64.*128x128.*Prepare"):
+        data.collect_items(config)
+
+
+def test_stale_latents_of_another_size_are_refused(sks_dataset):
+    np.savez(sks_dataset["dir"] / "red2.npz", latents=np.zeros((4, 16, 8), np.float32))  # 64 wide, 128 high
+    config = TrainConfig(train_data_dir=str(sks_dataset["dir"]), in_json=str(sks_dataset["meta"]),
+                         resolution="64,64", min_bucket_reso=64)  # fmt: skip
+    with pytest.raises(DatasetError, match=r"red2\.npz.*64x128.*64x64.*Prepare"):
+        data.collect_items(config)
+
+
+# --- several [[datasets]] ------------------------------------------------------------------------------------------
 
 
 def _two_datasets(tmp_path: Path) -> Path:

@@ -1,6 +1,4 @@
-"""kohya sd-scripts' noise, timestep and loss options (lib_sdtrain.train.noise_and_loss) and the LoRA options
-scale_weight_norms, network_multiplier, dim_from_weights, and vae: each checked against a computation written here
-from kohya v0.9's formulas, and in short training runs."""
+"""train/noise_and_loss.py: kohya's noise, timestep and loss options, checked against kohya's formulas and in runs."""
 
 from __future__ import annotations
 
@@ -8,30 +6,14 @@ import math
 
 import pytest
 import torch
-from safetensors.torch import save_file
 
 from lib_sdtrain.errors import ConfigError
 from lib_sdtrain.network.kohya_file import load_lora
-from lib_sdtrain.network.lora import LoRANetwork, NetworkSpec
 from lib_sdtrain.train import noise_and_loss as nl
-from lib_sdtrain.train.config import KNOWN_KEYS
-from lib_sdtrain.train.kohya_keys import ACCEPTED_OUTSIDE_SCHEMA
 from lib_sdtrain.train.loop import Trainer, train
-from lib_sdtrain.train.settings import config_from_dict, load_config, validate_config
+from lib_sdtrain.train.settings import config_from_dict, validate_config
 from lib_sdtrain.utils.progress import CallbackProgress
-from tests.train.conftest import train_settings
-
-IMPLEMENTED = (
-    "min_timestep", "max_timestep", "multires_noise_iterations", "multires_noise_discount",
-    "noise_offset_random_strength", "adaptive_noise_scale", "ip_noise_gamma", "ip_noise_gamma_random_strength",
-    "zero_terminal_snr", "debiased_estimation_loss", "scale_v_pred_loss_like_noise_pred", "v_pred_like_loss",
-    "loss_type", "huber_c", "huber_schedule", "huber_scale", "scale_weight_norms", "network_multiplier",
-    "dim_from_weights", "vae",
-)  # fmt: skip
-
-
-def config_for(model_dir, dataset, tmp_path, **overrides):
-    return load_config(None, train_settings(model_dir, dataset, tmp_path / "out", **overrides))
+from tests.train.conftest import config_for
 
 
 def _sd_scheduler():
@@ -40,18 +22,7 @@ def _sd_scheduler():
     return DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000)
 
 
-# --- the keys are options now --------------------------------------------------------------------------------------
-
-
-def test_keys_are_schema_options_not_default_only():
-    for key in IMPLEMENTED:
-        assert key in KNOWN_KEYS and key not in ACCEPTED_OUTSIDE_SCHEMA, key
-    values = {"pretrained_model_name_or_path": "m", "train_data_dir": "d", "loss_type": "huber", "min_timestep": 100}
-    config = config_from_dict({**values, "noise_offset_type": "Multires", "multires_noise_iterations": 6})
-    assert (config.loss_type, config.min_timestep, config.multires_noise_iterations) == ("huber", 100, 6)
-    assert config.ignored == {"noise_offset_type": "Multires"}  # the GUI's field: sd-scripts does not read it
-    with pytest.raises(ConfigError, match="loss_type"):
-        config_from_dict({**values, "loss_type": "l3"})
+# --- the options' checks -------------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -128,7 +99,7 @@ def test_input_perturbation_adds_gamma_times_normal_noise():
     torch.testing.assert_close(got, noise + 0.1 * torch.randn(2, 4, 3, 3, generator=torch.Generator().manual_seed(7)))
 
 
-# --- timesteps and the schedule -------------------------------------------------------------------------------------
+# --- timesteps and the schedule ------------------------------------------------------------------------------------
 
 
 def test_timesteps_stay_within_min_and_max(tiny_sd_dir, sks_dataset, tmp_path):
@@ -165,7 +136,7 @@ def test_zero_terminal_snr_rescales_the_training_schedule_only(tiny_sd2_dir, sks
     torch.testing.assert_close(trainer.snr, nl.snr_table(original))  # kohya's all_snr is taken before the fix
 
 
-# --- the loss -----------------------------------------------------------------------------------------------------
+# --- the loss ------------------------------------------------------------------------------------------------------
 
 
 def test_loss_types_and_huber_schedules_match_kohyas_formulas():
@@ -212,87 +183,7 @@ def test_snr_weights_match_kohyas_formulas():
     torch.testing.assert_close(both, loss * min_snr / capped.sqrt())
 
 
-# --- LoRA options ---------------------------------------------------------------------------------------------------
-
-
-def test_max_norm_scales_each_module_down_to_the_limit(tiny_sd_dir):
-    from lib_sdtrain.models.loading import load_sd_model
-
-    model = load_sd_model(tiny_sd_dir)
-    network = LoRANetwork(model.unet, model.text_encoder, NetworkSpec(rank=4, alpha=2, conv_rank=2, conv_alpha=1))
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for i, lora in enumerate(network.all_loras()):
-            lora.lora_up.weight.copy_(torch.randn(lora.lora_up.weight.shape, generator=generator) * (i % 3))
-    before = [float(lora.scaled_update().norm()) for lora in network.all_loras()]
-    limit = sorted(before)[len(before) // 2]
-    keys_scaled, mean_norm, max_norm = network.apply_max_norm(limit)
-    after = [float(lora.scaled_update().norm()) for lora in network.all_loras()]
-    assert keys_scaled == sum(n > limit for n in before) > 0
-    assert max(after) <= limit * (1 + 1e-5) and max_norm == pytest.approx(max(after), rel=1e-5)
-    assert mean_norm == pytest.approx(sum(min(n, limit) for n in before) / len(before), rel=1e-5)
-    for b, a in zip(before, after, strict=True):
-        assert a == pytest.approx(min(b, limit), rel=1e-4, abs=1e-7)  # norms below the limit are left alone
-
-
-def test_dim_from_weights_builds_the_files_network(tiny_sd_dir, sks_dataset, tmp_path):
-    from lib_sdtrain.models.loading import load_sd_model
-    from lib_sdtrain.network.kohya_file import save_lora
-
-    model = load_sd_model(tiny_sd_dir)
-    spec = NetworkSpec(rank=4, alpha=2, conv_rank=2, conv_alpha=1, train_text_encoder=False)
-    state = LoRANetwork(model.unet, model.text_encoder, spec).kohya_state_dict()
-    file = save_lora(state, tmp_path / "start.safetensors", {}, "float")
-    config = config_for(tiny_sd_dir, sks_dataset, tmp_path, network_dim=16, network_alpha=16, network_weights=str(file),
-                        dim_from_weights=True, max_train_steps=1)  # fmt: skip
-    result = train(config)
-    saved, metadata = load_lora(result.output)
-    assert {k: v.shape for k, v in saved.items()} == {k: v.shape for k, v in state.items()}
-    assert all(float(saved[k]) == float(state[k]) for k in state if k.endswith(".alpha"))
-    assert (metadata["ss_network_dim"], metadata["ss_network_alpha"]) == ("4", "2.0")
-    assert '"conv_dim": "2"' in metadata["ss_network_args"]
-
-
-def test_network_multiplier_scales_the_lora_while_training(tiny_sd_dir, sks_dataset, tmp_path):
-    trainer = Trainer(config_for(tiny_sd_dir, sks_dataset, tmp_path, network_multiplier=0.25), None, None)
-    trainer.setup()
-    assert {lora.multiplier for lora in trainer.network.all_loras()} == {0.25}
-    lora = next(m for m in trainer.network.unet_loras if m.lora_down.weight.ndim == 2)  # a Linear layer's
-    with torch.no_grad():
-        lora.lora_up.weight.fill_(0.01)
-        x = torch.randn(2, lora.lora_down.weight.shape[1], device=lora.lora_down.weight.device)
-        update = lora.forward(x) - lora._base_forward(x)
-        expected = 0.25 * lora.scale * lora.lora_up(lora.lora_down(x))
-    torch.testing.assert_close(update, expected)
-
-
-def test_external_vae_replaces_the_checkpoints_for_training_and_metadata(tiny_sd_dir, sks_dataset, tmp_path):
-    from lib_sdtrain.models.loading import load_sd_model, load_vae
-
-    model = load_sd_model(tiny_sd_dir)
-    changed = load_vae(tiny_sd_dir / "vae")
-    with torch.no_grad():
-        changed.decoder.conv_out.bias.add_(0.5)
-    changed.save_pretrained(tmp_path / "vae_folder", safe_serialization=True)
-    config = config_for(tiny_sd_dir, sks_dataset, tmp_path, vae=str(tmp_path / "vae_folder"))
-    trainer = Trainer(config, model, None)
-    torch.testing.assert_close(trainer.model.vae.decoder.conv_out.bias, changed.decoder.conv_out.bias)
-    assert trainer.model.vae is not model.vae  # the host's model keeps its own VAE
-    assert trainer.model.unet is model.unet
-
-    from lib_sdtrain.train.outputs import vae_metadata
-
-    vae_file = tmp_path / "my_vae.safetensors"
-    save_file({"x": torch.zeros(3)}, str(vae_file))
-    meta = vae_metadata(str(vae_file))
-    assert meta["ss_vae_name"] == "my_vae.safetensors" and len(meta["ss_vae_hash"]) == 8
-    import hashlib
-
-    assert meta["ss_new_vae_hash"] == hashlib.sha256(vae_file.read_bytes()).hexdigest()
-    assert vae_metadata(None) == {}  # kohya writes ss_vae_name only with a vae
-
-
-# --- training with everything on ---------------------------------------------------------------------------------
+# --- training with everything on -----------------------------------------------------------------------------------
 
 
 def test_training_with_every_option_stays_finite_and_is_recorded(tiny_sd_dir, sks_dataset, tmp_path):
