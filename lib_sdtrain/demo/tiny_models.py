@@ -182,13 +182,13 @@ def tiny_sdxl_unet() -> UNet2DConditionModel:
         sample_size=8,
         in_channels=4,
         out_channels=4,
-        block_out_channels=(32, 64),
+        block_out_channels=(64, 128),
         layers_per_block=1,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
         transformer_layers_per_block=(1, 2),
         cross_attention_dim=TEXT_HIDDEN * 2,
-        attention_head_dim=(2, 4),
+        attention_head_dim=(1, 2),  # head counts: 64-channel heads, as SDXL's
         use_linear_projection=True,
         addition_embed_type="text_time",
         addition_time_embed_dim=SDXL_TIME_EMBED_DIM,
@@ -207,8 +207,10 @@ def write_tiny_sdxl_diffusers_model(folder: Path, seed: int = 0) -> Path:
         torch.manual_seed(seed)
         tokenizer = write_tiny_tokenizer(Path(tokenizer_src))
         second = tiny_text_encoder(tokenizer, hidden_act="gelu").config  # OpenCLIP's activation, with a projection
+        vae = tiny_vae()
+        vae.register_to_config(scaling_factor=0.13025)  # SDXL's VAE scale
         pipe = StableDiffusionXLPipeline(
-            vae=tiny_vae(),
+            vae=vae,
             text_encoder=tiny_text_encoder(tokenizer),
             text_encoder_2=CLIPTextModelWithProjection(second),
             tokenizer=tokenizer,

@@ -38,6 +38,11 @@ def apply_lora(model: SDModel, lora_path: str | os.PathLike[str], weight: float 
     """Apply a LoRA file to `model`'s UNet and text encoder for the duration of the `with` block. Raises
     SDTrainError before changing anything when the file does not fit the model. Contexts can be nested."""
     path = Path(lora_path)
+    if model.version == "sdxl":
+        raise SDTrainError(
+            f"Applying a LoRA ({path.name}) to an SDXL model is not supported here yet; generate with the SDXL model "
+            "alone, or use the LoRA in the WebUI."
+        )
     state, metadata = load_lora(path)
     updates = _match_layers(_group_modules(state, path), model, path, metadata)
     handles = []

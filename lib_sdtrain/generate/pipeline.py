@@ -22,9 +22,21 @@ def make_scheduler(model: SDModel, sampler: str = "ddim") -> Any:
 
 
 def build_pipeline(model: SDModel, sampler: str = "ddim", img2img: bool = False) -> Any:
-    """StableDiffusionPipeline (or the img2img one) on the model's UNet, VAE, text encoder and tokenizer."""
+    """StableDiffusionPipeline (or the img2img one) on the model's UNet, VAE, text encoder and tokenizer; the SDXL
+    pipelines, with both text encoders, for an SDXL model."""
     from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
 
+    if model.version == "sdxl":
+        from diffusers import StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline
+
+        xl = StableDiffusionXLImg2ImgPipeline if img2img else StableDiffusionXLPipeline
+        pipe = xl(
+            vae=model.vae, text_encoder=model.text_encoder, text_encoder_2=model.text_encoder_2,
+            tokenizer=model.tokenizer, tokenizer_2=model.tokenizer_2, unet=model.unet,
+            scheduler=make_scheduler(model, sampler),
+        )  # fmt: skip
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
     cls = StableDiffusionImg2ImgPipeline if img2img else StableDiffusionPipeline
     pipe = cls(
         vae=model.vae,

@@ -11,7 +11,14 @@ from pathlib import Path
 import torch
 
 from lib_sdtrain.errors import ModelLoadError, UnsupportedModelError
-from lib_sdtrain.models.ldm_keys import SD1_TEXT_PREFIX, SD2_TEXT_PREFIX, UNET_PREFIX, VAE_PREFIX
+from lib_sdtrain.models.ldm_keys import (
+    SD1_TEXT_PREFIX,
+    SD2_TEXT_PREFIX,
+    SDXL_TEXT1_PREFIX,
+    SDXL_TEXT2_PREFIX,
+    UNET_PREFIX,
+    VAE_PREFIX,
+)
 from lib_sdtrain.utils.torch_pickle import load_tensor_dict
 
 SAFETENSORS_SUFFIXES = (".safetensors",)
@@ -154,16 +161,13 @@ def normalize_ldm_keys(state_dict: StateDict) -> StateDict:
 
 
 def detect_sd_version(state_dict: StateDict, name: str = "checkpoint") -> str:
-    """ "sd1" or "sd2" from the key layout; a clear error for everything else (SDXL, SD3, Flux, LoRA files, ...)."""
+    """ "sd1", "sd2" or "sdxl" from the key layout; a clear error for everything else (SD3, Flux, LoRA files, ...)."""
     keys = state_dict.keys()
 
     def has(prefix: str) -> bool:
         return any(k.startswith(prefix) for k in keys)
 
-    if has("conditioner.embedders.") or has(UNET_PREFIX + "label_emb."):
-        raise UnsupportedModelError(
-            f"{name} is an SDXL model. SD-Train supports SD 1.x and 2.x; SDXL is not supported yet."
-        )
+    sdxl = has("conditioner.embedders.") or has(UNET_PREFIX + "label_emb.")
     if has(UNET_PREFIX + "joint_blocks.") or has("text_encoders."):
         raise UnsupportedModelError(f"{name} is an SD3 model, which SD-Train does not support.")
     if has("double_blocks.") or has(UNET_PREFIX + "double_blocks."):
@@ -185,6 +189,11 @@ def detect_sd_version(state_dict: StateDict, name: str = "checkpoint") -> str:
         )
     if not has(VAE_PREFIX):
         raise ModelLoadError(f"{name} has no VAE weights ({VAE_PREFIX}*); it is not a complete SD checkpoint.")
+    if sdxl:
+        missing = [p for p in (SDXL_TEXT1_PREFIX, SDXL_TEXT2_PREFIX, UNET_PREFIX + "label_emb.") if not has(p)]
+        if missing:
+            raise ModelLoadError(f"{name} is an incomplete SDXL checkpoint: it has no {missing[0]}* weights.")
+        return "sdxl"
     if has(SD2_TEXT_PREFIX):
         return "sd2"
     if has(SD1_TEXT_PREFIX):

@@ -5,22 +5,27 @@ module expects and fetches each from the checkpoint; saving walks the module's s
 its ldm key. Because both directions use the same rule, load -> save -> load is exact by construction, and a key
 the rule does not know is an error rather than a silent drop.
 
-Layouts (SD1 and SD2 share the UNet and VAE layouts):
+Layouts (SD1, SD2 and SDXL share the UNet and VAE layouts; SDXL's UNet adds `label_emb`):
 - UNet  `model.diffusion_model.*`: input_blocks / middle_block / output_blocks, numbered per layer.
 - VAE   `first_stage_model.*`: encoder.down.N.block.M ...; the decoder's `up` levels run in reverse order.
 - Text  SD1 `cond_stage_model.transformer.*`: a transformers CLIPTextModel, same names.
         SD2 `cond_stage_model.model.*`: OpenCLIP, with q/k/v fused into one `in_proj` tensor.
+        SDXL `conditioner.embedders.0.transformer.*` (CLIP-L, transformers names) and
+        `conditioner.embedders.1.model.*` (OpenCLIP bigG, with its text_projection stored transposed).
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
 SD1_TEXT_PREFIX = "cond_stage_model.transformer."
 SD2_TEXT_PREFIX = "cond_stage_model.model."
+SDXL_TEXT1_PREFIX = "conditioner.embedders.0.transformer."
+SDXL_TEXT2_PREFIX = "conditioner.embedders.1.model."
 
 
 @dataclass(frozen=True)
@@ -31,6 +36,7 @@ class LdmRef:
     chunk: int | None = None  # this tensor is part `chunk` of `chunks` equal slices (dim 0) of a fused ldm tensor
     chunks: int = 1
     conv1x1: bool = False  # a Linear weight that ldm stores as a 1x1 convolution ([out, in, 1, 1])
+    transpose: bool = False  # a Linear weight that ldm stores transposed (OpenCLIP's text_projection: x @ P)
 
 
 @dataclass(frozen=True)
@@ -57,6 +63,8 @@ _UNET_TOP_LEVEL = {
     "time_embedding.linear_2": "time_embed.2",
     "conv_norm_out": "out.0",
     "conv_out": "out.2",
+    "add_embedding.linear_1": "label_emb.0.0",  # SDXL: the pooled text and size/crop ids
+    "add_embedding.linear_2": "label_emb.0.2",
 }
 _BLOCK_PART = re.compile(r"^(down_blocks|up_blocks)\.(\d+)\.(resnets|attentions|downsamplers|upsamplers)\.(\d+)\.(.+)$")
 _MID_PART = re.compile(r"^mid_block\.(resnets|attentions)\.(\d+)\.(.+)$")
@@ -160,18 +168,44 @@ def sd1_text_ldm_ref(diffusers_key: str) -> LdmRef:
 
 def sd2_text_ldm_ref(diffusers_key: str) -> LdmRef | None:
     """OpenCLIP key of a transformers CLIPTextModel key (SD2). None for position_ids, which OpenCLIP does not store."""
+    return openclip_text_ldm_ref(diffusers_key, SD2_TEXT_PREFIX)
+
+
+def sdxl_text1_ldm_ref(diffusers_key: str) -> LdmRef:
+    """SDXL's first text encoder (CLIP-L) keeps the transformers names under its embedder's prefix."""
+    return LdmRef(SDXL_TEXT1_PREFIX + diffusers_key)
+
+
+def sdxl_text2_ldm_ref(diffusers_key: str) -> LdmRef | None:
+    """SDXL's second text encoder (OpenCLIP bigG, a transformers CLIPTextModelWithProjection here)."""
+    return openclip_text_ldm_ref(diffusers_key, SDXL_TEXT2_PREFIX)
+
+
+def openclip_text_ldm_ref(diffusers_key: str, prefix: str) -> LdmRef | None:
+    """OpenCLIP key under `prefix` of a transformers CLIP text-model key; None for position_ids, which OpenCLIP
+    does not store."""
     if diffusers_key == POSITION_IDS_KEY:
         return None
+    if diffusers_key == "text_projection.weight":
+        return LdmRef(prefix + "text_projection", transpose=True)
     if diffusers_key in _OPENCLIP_TOP:
-        return LdmRef(SD2_TEXT_PREFIX + _OPENCLIP_TOP[diffusers_key])
+        return LdmRef(prefix + _OPENCLIP_TOP[diffusers_key])
     m = re.match(r"^text_model\.encoder\.layers\.(\d+)\.(.+)\.(weight|bias)$", diffusers_key)
     if not m:
         raise KeyError(f"No OpenCLIP location known for text-encoder key {diffusers_key!r}")
     layer, module, param = m[1], m[2], m[3]
-    block = f"{SD2_TEXT_PREFIX}transformer.resblocks.{layer}"
+    block = f"{prefix}transformer.resblocks.{layer}"
     if qkv := re.match(r"^self_attn\.([qkv])_proj$", module):
         return LdmRef(f"{block}.attn.in_proj_{param}", chunk="qkv".index(qkv[1]), chunks=3)
     return LdmRef(f"{block}.{_OPENCLIP_LAYER[module]}.{param}")
+
+
+TEXT_LDM_REFS: dict[str, Callable[[str], LdmRef | None]] = {
+    "sd1": sd1_text_ldm_ref,
+    "sd2": sd2_text_ldm_ref,
+    "sdxl": sdxl_text1_ldm_ref,
+}
+"""The key rule of each version's (first) text encoder."""
 
 
 def openclip_block_prefix(index: int) -> str:

@@ -9,6 +9,7 @@ Sources, in the order they are recognised:
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import re
@@ -17,13 +18,15 @@ from typing import Any
 
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
-from transformers import CLIPTextModel, CLIPTokenizer
+from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from lib_sdtrain.errors import ModelLoadError, UnsupportedModelError
 from lib_sdtrain.models import ldm_keys
 from lib_sdtrain.models.checkpoint_file import StateDict, detect_sd_version, normalize_ldm_keys, read_checkpoint
 from lib_sdtrain.models.configs import (
     SD_VAE_SCALING_FACTOR,
+    SDXL_VAE_SCALING_FACTOR,
+    infer_sdxl_text2_config,
     infer_text_config,
     infer_unet_config,
     infer_vae_config,
@@ -38,6 +41,12 @@ logger = logging.getLogger(__name__)
 CACHED_TOKENIZERS: dict[str, list[tuple[str, str]]] = {
     "sd1": [("openai/clip-vit-large-patch14", ""), ("runwayml/stable-diffusion-v1-5", "tokenizer")],
     "sd2": [("stabilityai/stable-diffusion-2-1", "tokenizer"), ("stabilityai/stable-diffusion-2", "tokenizer")],
+    "sdxl": [("openai/clip-vit-large-patch14", ""), ("stabilityai/stable-diffusion-xl-base-1.0", "tokenizer")],
+    # SDXL's second tokenizer: CLIP-L's vocabulary, padding with "!" (kohya loads it from this repo)
+    "sdxl_2": [
+        ("laion/CLIP-ViT-bigG-14-laion2B-39B-b160k", ""),
+        ("stabilityai/stable-diffusion-xl-base-1.0", "tokenizer_2"),
+    ],
 }
 _FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")  # `out/x.safetensors` is a missing file, not a hub id
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -93,7 +102,7 @@ def load_single_file(
         prediction_type=prediction_type,
         dtype=dtype,
         source=str(path),
-        vae_scaling_factor=sidecar.get("scale_factor", SD_VAE_SCALING_FACTOR),
+        vae_scaling_factor=sidecar.get("scale_factor"),
         scheduler_config=sidecar.get("scheduler", {}),
         tokenizer_search_dir=path.parent,
     )
@@ -106,7 +115,7 @@ def sd_model_from_ldm(
     prediction_type: PredictionType | None = None,
     dtype: torch.dtype = torch.float32,
     source: str = "",
-    vae_scaling_factor: float = SD_VAE_SCALING_FACTOR,
+    vae_scaling_factor: float | None = None,
     scheduler_config: dict[str, Any] | None = None,
     tokenizer_search_dir: Path | None = None,
 ) -> SDModel:
@@ -120,12 +129,19 @@ def sd_model_from_ldm(
     text_config = infer_text_config(state_dict, version, _token_ids(text_tokenizer))
     _check_vocab(text_tokenizer, text_config.vocab_size)
     text_encoder = _build(CLIPTextModel, text_config)
-    ref = ldm_keys.sd1_text_ldm_ref if version == "sd1" else ldm_keys.sd2_text_ldm_ref
+    ref = ldm_keys.TEXT_LDM_REFS[version]
     _load_component(
         text_encoder, state_dict, lambda k: None if k == ldm_keys.POSITION_IDS_KEY else ref(k), consumed, dtype
     )
+    text_encoder_2, tokenizer_2 = None, None
+    if version == "sdxl":
+        tokenizer_2 = resolve_second_tokenizer(tokenizer, text_tokenizer, tokenizer_search_dir)
+        text2_config = infer_sdxl_text2_config(state_dict, _token_ids(tokenizer_2))
+        text_encoder_2 = _build(CLIPTextModelWithProjection, text2_config)
+        _load_component(text_encoder_2, state_dict, ldm_keys.sdxl_text2_ldm_ref, consumed, dtype)
 
-    vae_config = infer_vae_config(state_dict, vae_scaling_factor)
+    default_scale = SDXL_VAE_SCALING_FACTOR if version == "sdxl" else SD_VAE_SCALING_FACTOR
+    vae_config = infer_vae_config(state_dict, vae_scaling_factor or default_scale)
     vae = _build(AutoencoderKL, vae_config)
     levels = len(vae_config["block_out_channels"])
     _load_component(vae, state_dict, lambda k: ldm_keys.vae_ldm_ref(k, levels), consumed, dtype)
@@ -136,6 +152,8 @@ def sd_model_from_ldm(
     layout = unet_layout(unet_config)
     _load_component(unet, state_dict, lambda k: ldm_keys.unet_ldm_ref(k, layout), consumed, dtype)
 
+    if prediction_type is None and version == "sdxl":
+        prediction_type = "v_prediction" if "v_pred" in state_dict else "epsilon"  # NoobAI's marker key
     if prediction_type is None:
         prediction_type = "v_prediction" if version == "sd2" and probe_v_prediction(unet) else "epsilon"
         logger.info("%s: no prediction type given; using %s", name, prediction_type)
@@ -150,6 +168,8 @@ def sd_model_from_ldm(
         source=source,
         scheduler_config={**scheduler_config_from_state_dict(state_dict), **(scheduler_config or {})},
         extra_ldm_state={k: v for k, v in state_dict.items() if k not in consumed},
+        text_encoder_2=text_encoder_2,
+        tokenizer_2=tokenizer_2,
     )
 
 
@@ -179,6 +199,8 @@ def _load_component(
             tensor = tensor.chunk(ref.chunks, dim=0)[ref.chunk]
         if ref.conv1x1 and tensor.ndim == 4:
             tensor = tensor[:, :, 0, 0]
+        if ref.transpose:
+            tensor = tensor.T
         if tensor.shape != expected.shape:
             mismatched.append(f"{ref.key} {tuple(tensor.shape)} (expected {tuple(expected.shape)})")
             continue
@@ -266,6 +288,26 @@ def resolve_tokenizer(
     )
 
 
+def resolve_second_tokenizer(
+    spec: str | os.PathLike[str] | CLIPTokenizer | None, first: CLIPTokenizer, search_dir: Path | None = None
+) -> CLIPTokenizer:
+    """SDXL's second tokenizer: a `tokenizer_2` folder in `spec` (a diffusers SDXL folder) or beside the checkpoint,
+    else the local Hugging Face cache's, else the first tokenizer padding with "!" as the second one does (the two
+    share CLIP-L's vocabulary)."""
+    for folder in (Path(spec) if isinstance(spec, str | os.PathLike) else None, search_dir):
+        if folder is not None and (folder / "tokenizer_2" / "vocab.json").is_file():
+            return CLIPTokenizer.from_pretrained(str(folder), subfolder="tokenizer_2", local_files_only=True)
+    for repo_id, subfolder in CACHED_TOKENIZERS["sdxl_2"]:
+        try:
+            return CLIPTokenizer.from_pretrained(repo_id, subfolder=subfolder, local_files_only=True)
+        except (OSError, ValueError):
+            continue
+    second = copy.deepcopy(first)
+    if "!" in second.get_vocab():
+        second.pad_token = "!"
+    return second
+
+
 def _tokenizer_from(spec: str, local_only: bool) -> CLIPTokenizer:
     path = Path(spec)
     subfolder = "tokenizer" if (path / "tokenizer" / "vocab.json").is_file() else ""
@@ -331,28 +373,35 @@ def load_diffusers(
         where = "the local Hugging Face cache (the hub is offline)" if local_only else "the Hugging Face hub"
         hint = "" if Path(source).is_dir() else f" It was looked up in {where}."
         raise ModelLoadError(f"Could not load the diffusers model {source}: {e}.{hint}") from e
-    if getattr(unet.config, "addition_embed_type", None) == "text_time":  # SDXL's size and crop conditioning
-        _refuse_other_families(source, "StableDiffusionXLPipeline")
+    sdxl = getattr(unet.config, "addition_embed_type", None) == "text_time"  # SDXL's size and crop conditioning
     if tokenizer is None:
         tokenizer = source
     text_tokenizer = tokenizer if isinstance(tokenizer, CLIPTokenizer) else _tokenizer_from(str(tokenizer), local_only)
     _check_vocab(text_tokenizer, text_encoder.config.vocab_size)
+    text_encoder_2, tokenizer_2 = None, None
+    if sdxl:
+        try:
+            text_encoder_2 = _from_pretrained(CLIPTextModelWithProjection, source, "text_encoder_2", kwargs)
+            tokenizer_2 = CLIPTokenizer.from_pretrained(source, subfolder="tokenizer_2", local_files_only=local_only)
+        except (OSError, ValueError) as e:
+            raise ModelLoadError(f"{source} is an SDXL model without its second text encoder or tokenizer: {e}") from e
     return SDModel(
         unet=unet,
         vae=vae,
         text_encoder=text_encoder,
         tokenizer=text_tokenizer,
         # SD2's UNets use linear projections in their transformers; SD1's use 1x1 convolutions.
-        version="sd2" if unet.config.use_linear_projection else "sd1",
+        version="sdxl" if sdxl else "sd2" if unet.config.use_linear_projection else "sd1",
         prediction_type=prediction_type or scheduler.get("prediction_type", "epsilon"),
         source=source,
         scheduler_config={k: scheduler[k] for k in _SCHEDULER_KEYS if k in scheduler},
+        text_encoder_2=text_encoder_2,
+        tokenizer_2=tokenizer_2,
     )
 
 
 # diffusers pipeline classes (model_index.json's _class_name) of the families SD-Train does not train, by name.
 OTHER_FAMILIES = {
-    "StableDiffusionXL": ("an SDXL model", "SDXL is not supported yet"),
     "StableDiffusion3": ("an SD3 model", "SD3 is not supported"),
     "Flux": ("a Flux model", "Flux is not supported"),
 }
@@ -379,7 +428,8 @@ def _refuse_other_families(source: str, pipeline_class: str) -> None:
     for prefix, (what, verdict) in OTHER_FAMILIES.items():
         if pipeline_class.startswith(prefix):
             raise UnsupportedModelError(
-                f"{source} is {what} (a diffusers {pipeline_class}). SD-Train supports SD 1.x and 2.x; {verdict}."
+                f"{source} is {what} (a diffusers {pipeline_class}). SD-Train works with SD 1.x, 2.x and SDXL; "
+                f"{verdict}."
             )
 
 
@@ -400,7 +450,9 @@ def load_vae(source: str | os.PathLike[str], dtype: torch.dtype = torch.float32)
         state_dict = read_checkpoint(path).state_dict
         if not any(k.startswith(ldm_keys.VAE_PREFIX) for k in state_dict):
             state_dict = {ldm_keys.VAE_PREFIX + k: v for k, v in state_dict.items()}
-        scale = read_ldm_yaml(path.with_suffix(".yaml")).get("scale_factor", SD_VAE_SCALING_FACTOR)
+        sdxl = any(k.startswith("conditioner.embedders.") for k in state_dict)
+        default_scale = SDXL_VAE_SCALING_FACTOR if sdxl else SD_VAE_SCALING_FACTOR
+        scale = read_ldm_yaml(path.with_suffix(".yaml")).get("scale_factor", default_scale)
         config = infer_vae_config(state_dict, scale)
         vae = _build(AutoencoderKL, config)
         levels = len(config["block_out_channels"])

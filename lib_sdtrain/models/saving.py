@@ -28,18 +28,16 @@ def sd_model_to_ldm(model: SDModel) -> StateDict:
     _put_component(out, model.unet.state_dict(), lambda k: ldm_keys.unet_ldm_ref(k, layout))
     _put_component(out, model.vae.state_dict(), lambda k: ldm_keys.vae_ldm_ref(k, levels))
     text_state = {k: v for k, v in model.text_encoder.state_dict().items() if k != ldm_keys.POSITION_IDS_KEY}
-    if model.version == "sd1":
-        _put_component(out, text_state, ldm_keys.sd1_text_ldm_ref)
-    else:
-        _put_component(out, text_state, ldm_keys.sd2_text_ldm_ref)
+    _put_component(out, text_state, ldm_keys.TEXT_LDM_REFS[model.version])
+    if model.text_encoder_2 is not None:
+        _put_component(out, model.text_encoder_2.state_dict(), ldm_keys.sdxl_text2_ldm_ref)
 
     for key, tensor in model.extra_ldm_state.items():
         out.setdefault(key, tensor)
-    if model.version == "sd1":
+    if model.version in ("sd1", "sdxl"):  # CLIP-L files carry its position ids
+        prefix = ldm_keys.SD1_TEXT_PREFIX if model.version == "sd1" else ldm_keys.SDXL_TEXT1_PREFIX
         positions = model.text_encoder.config.max_position_embeddings
-        out.setdefault(
-            ldm_keys.SD1_TEXT_PREFIX + ldm_keys.POSITION_IDS_KEY, torch.arange(positions, dtype=torch.int64)[None]
-        )
+        out.setdefault(prefix + ldm_keys.POSITION_IDS_KEY, torch.arange(positions, dtype=torch.int64)[None])
     else:
         _add_unused_openclip_block(out, model.text_encoder.config.num_hidden_layers)
     return out
@@ -55,7 +53,7 @@ def _put_component(out: StateDict, state: StateDict, ref_of: Callable[[str], Ldm
             assert ref.chunk is not None  # a fused key names its chunk
             fused.setdefault(ref.key, [None] * ref.chunks)[ref.chunk] = tensor
             continue
-        out[ref.key] = tensor[:, :, None, None] if ref.conv1x1 else tensor
+        out[ref.key] = tensor[:, :, None, None] if ref.conv1x1 else (tensor.T if ref.transpose else tensor)
     for key, parts in fused.items():
         present = [p for p in parts if p is not None]
         if len(present) < len(parts):
@@ -102,12 +100,15 @@ def model_spec_metadata(model: SDModel, title: str) -> dict[str, str]:
     """Stability AI's model-spec header (what kohya and the WebUI read to tell model kinds apart)."""
     if model.version == "sd1":
         architecture = "stable-diffusion-v1"
+    elif model.version == "sdxl":
+        architecture = "stable-diffusion-xl-v1-base"
     else:
         architecture = "stable-diffusion-v2-768-v" if model.v_prediction else "stable-diffusion-v2-512"
     return {
         "modelspec.sai_model_spec": "1.0.0",
         "modelspec.architecture": architecture,
-        "modelspec.implementation": "https://github.com/Stability-AI/stablediffusion",
+        "modelspec.implementation": "https://github.com/Stability-AI/"
+        + ("generative-models" if model.version == "sdxl" else "stablediffusion"),
         "modelspec.title": title,
         "modelspec.prediction_type": "v" if model.v_prediction else "epsilon",
         "modelspec.date": time.strftime("%Y-%m-%dT%H:%M:%S"),

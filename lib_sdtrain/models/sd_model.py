@@ -7,9 +7,9 @@ from typing import Literal
 
 import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-from transformers import CLIPTextModel, CLIPTokenizer
+from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-SDVersion = Literal["sd1", "sd2"]
+SDVersion = Literal["sd1", "sd2", "sdxl"]
 PredictionType = Literal["epsilon", "v_prediction"]
 
 
@@ -37,6 +37,9 @@ class SDModel:
     """Its full sha256 when known (kohya's ss_new_sd_model_hash)."""
     scheduler_config: dict = field(default_factory=dict)
     extra_ldm_state: dict[str, torch.Tensor] = field(default_factory=dict)
+    text_encoder_2: CLIPTextModelWithProjection | None = None
+    """SDXL's second text encoder (OpenCLIP bigG), whose pooled output also conditions the UNet; None for SD 1/2."""
+    tokenizer_2: CLIPTokenizer | None = None
 
     @property
     def v_prediction(self) -> bool:
@@ -60,7 +63,11 @@ class SDModel:
         }
         return DDPMScheduler(**config)
 
+    @property
+    def text_encoders(self) -> list[CLIPTextModel]:
+        return [self.text_encoder] + ([self.text_encoder_2] if self.text_encoder_2 is not None else [])
+
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> SDModel:
-        for module in (self.unet, self.vae, self.text_encoder):
+        for module in (self.unet, self.vae, *self.text_encoders):
             module.to(device=device, dtype=dtype)
         return self

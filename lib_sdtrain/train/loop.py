@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from lib_sdtrain.errors import Cancelled, ConfigError, OutputError, SDTrainError
+from lib_sdtrain.errors import Cancelled, ConfigError, OutputError, SDTrainError, UnsupportedModelError
 from lib_sdtrain.models.sd_model import PredictionType, SDModel
 from lib_sdtrain.network.kohya_file import SAVE_DTYPES, load_lora
 from lib_sdtrain.network.lora import LoRANetwork, NetworkSpec, ranks_from_weights
@@ -111,6 +111,12 @@ class Trainer:
         check_dynamo_backend(config.dynamo_backend)
         check_output_writable(config.output_dir, config.output_name)  # in seconds, not after loading the model
         self.model = _with_vae(model or _load_model(config), config.vae)
+        if self.model.version == "sdxl":
+            raise UnsupportedModelError(
+                f"{self.model.source_name or self.model.source or 'The base model'} is an SDXL model. SD-Train loads, "
+                "converts, caches latents for and generates with SDXL models, but training them is not supported "
+                "yet: choose an SD 1.x or 2.x base model."
+            )
         self.output_dir = Path(config.output_dir)
         self.accelerator = _make_accelerator(config)
         self.device = self.accelerator.device

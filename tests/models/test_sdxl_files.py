@@ -1,0 +1,197 @@
+"""SDXL models: a diffusers SDXL folder and its SGM single file (the layout the WebUI, kohya and ComfyUI load) turn
+into each other exactly, generate the same images, and are recognised as SDXL; training one is refused by name."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from lib_sdtrain.demo.tiny_models import write_tiny_sdxl_diffusers_model
+from lib_sdtrain.errors import ModelLoadError, UnsupportedModelError
+from lib_sdtrain.generate.pipeline import build_pipeline
+from lib_sdtrain.models.loading import load_sd_model, load_vae
+from lib_sdtrain.models.saving import save_sd_checkpoint
+
+COMPONENTS = ("unet", "vae", "text_encoder", "text_encoder_2")
+
+
+@pytest.fixture(scope="module")
+def sdxl_folder(tmp_path_factory) -> Path:
+    return write_tiny_sdxl_diffusers_model(tmp_path_factory.mktemp("models") / "tiny-sdxl")
+
+
+@pytest.fixture(scope="module")
+def sdxl_file(sdxl_folder, tmp_path_factory) -> Path:
+    return save_sd_checkpoint(load_sd_model(sdxl_folder), tmp_path_factory.mktemp("files") / "tiny-sdxl.safetensors")
+
+
+def _same_weights(a, b) -> None:
+    for name in COMPONENTS:
+        left, right = getattr(a, name).state_dict(), getattr(b, name).state_dict()
+        assert left.keys() == right.keys(), name
+        assert all(torch.equal(left[k], right[k]) for k in left), name
+
+
+def test_a_diffusers_sdxl_round_trips_through_an_sgm_single_file(sdxl_folder, sdxl_file, tmp_path):
+    folder_model = load_sd_model(sdxl_folder)
+    assert folder_model.version == "sdxl" and folder_model.vae_scaling_factor == 0.13025
+    assert folder_model.text_encoder_2 is not None and folder_model.tokenizer_2 is not None
+
+    tensors = load_file(str(sdxl_file))
+    projection = folder_model.text_encoder_2.text_projection.weight  # transformers: y = x W^T
+    assert torch.equal(tensors["conditioner.embedders.1.model.text_projection"], projection.T)  # SGM: y = x P
+    qkv = tensors["conditioner.embedders.1.model.transformer.resblocks.0.attn.in_proj_weight"]
+    assert qkv.shape[0] == 3 * folder_model.text_encoder_2.config.hidden_size  # q, k and v fused, as OpenCLIP's
+    for key in (
+        "model.diffusion_model.label_emb.0.0.weight",  # the pooled text + size/crop ids
+        "model.diffusion_model.input_blocks.0.0.weight",
+        "conditioner.embedders.0.transformer.text_model.encoder.layers.0.self_attn.q_proj.weight",
+        "conditioner.embedders.0.transformer.text_model.embeddings.position_ids",
+        "first_stage_model.encoder.conv_in.weight",
+    ):
+        assert key in tensors, key
+    with safe_open(str(sdxl_file), "pt") as f:
+        assert f.metadata()["modelspec.architecture"] == "stable-diffusion-xl-v1-base"
+
+    file_model = load_sd_model(sdxl_file, tokenizer=sdxl_folder)
+    assert (file_model.version, file_model.prediction_type, file_model.vae_scaling_factor) == (
+        "sdxl",
+        "epsilon",
+        0.13025,
+    )
+    _same_weights(folder_model, file_model)
+    assert file_model.tokenizer_2.get_vocab() == folder_model.tokenizer_2.get_vocab()
+
+    again = load_file(str(save_sd_checkpoint(file_model, tmp_path / "again.safetensors")))
+    assert again.keys() == tensors.keys() and all(torch.equal(again[k], tensors[k]) for k in tensors)
+
+
+def test_the_folder_and_the_file_generate_what_diffusers_itself_generates(sdxl_folder, sdxl_file):
+    from diffusers import StableDiffusionXLPipeline
+
+    def image(pipe) -> torch.Tensor:
+        out = pipe("a red square", num_inference_steps=2, height=64, width=64, output_type="np",
+                   generator=torch.Generator().manual_seed(3))  # fmt: skip
+        return torch.from_numpy(out.images[0])
+
+    reference = StableDiffusionXLPipeline.from_pretrained(sdxl_folder)
+    reference.set_progress_bar_config(disable=True)
+    reference.scheduler = build_pipeline(load_sd_model(sdxl_folder), sampler="euler").scheduler
+    expected = image(reference)
+    for source in (sdxl_folder, sdxl_file):
+        pipe = build_pipeline(load_sd_model(source, tokenizer=sdxl_folder), sampler="euler")
+        assert type(pipe).__name__ == "StableDiffusionXLPipeline"
+        assert torch.allclose(image(pipe), expected, atol=1e-6), source
+
+
+def test_a_v_pred_key_makes_an_sdxl_file_v_prediction(sdxl_file, sdxl_folder, tmp_path):
+    tensors = load_file(str(sdxl_file))
+    v_file = tmp_path / "noob-like.safetensors"
+    save_file({**tensors, "v_pred": torch.tensor([])}, str(v_file))  # NoobAI-style v-prediction marker
+    assert load_sd_model(v_file, tokenizer=sdxl_folder).prediction_type == "v_prediction"
+    assert load_sd_model(sdxl_file, tokenizer=sdxl_folder, prediction_type="v_prediction").v_prediction
+
+
+def test_the_vae_alone_comes_with_sdxls_scale(sdxl_file):
+    assert load_vae(sdxl_file).config.scaling_factor == 0.13025
+
+
+def test_an_incomplete_sdxl_file_is_named(sdxl_file, tmp_path):
+    tensors = {k: v for k, v in load_file(str(sdxl_file)).items() if not k.startswith("conditioner.embedders.1.")}
+    save_file(tensors, str(tmp_path / "half.safetensors"))
+    with pytest.raises(ModelLoadError, match=r"half\.safetensors is an incomplete SDXL checkpoint.*embedders\.1"):
+        load_sd_model(tmp_path / "half.safetensors")
+
+
+def test_training_an_sdxl_model_is_refused_by_name_before_any_step(sdxl_folder, tmp_path):
+    from lib_sdtrain.train.loop import Trainer
+    from lib_sdtrain.train.settings import load_config
+
+    images = tmp_path / "data" / "10_sks"
+    images.mkdir(parents=True)
+    Image.new("RGB", (64, 64), "red").save(images / "a.png")
+    (images / "a.caption").write_text("sks")
+    config = load_config(None, {"pretrained_model_name_or_path": str(sdxl_folder), "resolution": "64",
+                                "train_data_dir": str(tmp_path / "data"), "output_dir": str(tmp_path / "out"),
+                                "network_module": "networks.lora"})  # fmt: skip
+    with pytest.raises(UnsupportedModelError, match=r"is an SDXL model\. .*training them is not supported yet"):
+        Trainer(config, None, None)
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_every_weight_of_a_full_size_sdxl_has_its_place_in_the_sgm_layout():
+    """The SGM key names and shapes of SDXL base 1.0, as Stability AI's own code (generative-models' DiffusionEngine,
+    through ../shared/tools/make_random_sdxl.py in WebUI v1.10.1) writes them, recorded once in data/: the configs
+    inferred from them are SDXL base's, and every diffusers/transformers weight maps onto one of them, shape for
+    shape; only the position ids and OpenCLIP's logit_scale are left over (kept as they are)."""
+    import gzip
+    import json
+
+    from accelerate import init_empty_weights
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    from lib_sdtrain.models import configs, ldm_keys
+    from lib_sdtrain.models.checkpoint_file import detect_sd_version
+
+    data = Path(__file__).parent / "data" / "sdxl-base-sgm-shapes.json.gz"
+    recorded = json.loads(gzip.decompress(data.read_bytes()))
+    state = {key: torch.empty(shape, device="meta") for key, shape in recorded.items()}
+    assert detect_sd_version(state) == "sdxl"
+    unet_config = configs.infer_unet_config(state, "sdxl")
+    assert (unet_config["block_out_channels"], unet_config["transformer_layers_per_block"]) == ([320, 640, 1280],
+                                                                                               [1, 2, 10])  # fmt: skip
+    assert (unet_config["cross_attention_dim"], unet_config["projection_class_embeddings_input_dim"]) == (2048, 2816)
+    with init_empty_weights():
+        unet = UNet2DConditionModel(**unet_config)
+        vae = AutoencoderKL(**configs.infer_vae_config(state, configs.SDXL_VAE_SCALING_FACTOR))
+        first = CLIPTextModel(configs.infer_text_config(state, "sdxl"))
+        second = CLIPTextModelWithProjection(configs.infer_sdxl_text2_config(state))
+    assert second.config.num_hidden_layers == 32 and second.config.projection_dim == 1280
+
+    layout, levels = configs.unet_layout(unet_config), len(vae.config.block_out_channels)
+    rules = [
+        (unet, lambda k: ldm_keys.unet_ldm_ref(k, layout)),
+        (vae, lambda k: ldm_keys.vae_ldm_ref(k, levels)),
+        (first, lambda k: None if k == ldm_keys.POSITION_IDS_KEY else ldm_keys.sdxl_text1_ldm_ref(k)),
+        (second, ldm_keys.sdxl_text2_ldm_ref),
+    ]
+    placed = set()
+    for module, ref_of in rules:
+        for key, tensor in module.state_dict().items():
+            if (ref := ref_of(key)) is None:
+                continue
+            shape = list(recorded[ref.key])
+            shape[0] //= ref.chunks
+            shape = shape[::-1] if ref.transpose else shape[:2] if ref.conv1x1 and len(shape) == 4 else shape
+            assert tuple(shape) == tuple(tensor.shape), (key, ref.key)
+            placed.add(ref.key)
+    assert sorted(set(recorded) - placed) == [
+        "conditioner.embedders.0.transformer.text_model.embeddings.position_ids",
+        "conditioner.embedders.1.model.logit_scale",
+    ]
+
+
+def test_the_generate_stage_draws_with_an_sdxl_file_and_refuses_a_lora_on_it(sdxl_file, sdxl_folder, tmp_path):
+    import shutil
+
+    from lib_sdtrain.errors import SDTrainError
+    from lib_sdtrain.generate.generator import GenerationRequest, Generator
+
+    sdxl_file = Path(shutil.copy(sdxl_file, tmp_path))
+    for name in ("tokenizer", "tokenizer_2"):  # a lone file's tokenizers are looked for beside it
+        shutil.copytree(sdxl_folder / name, tmp_path / name)
+    generator = Generator(device="cpu")
+    request = GenerationRequest(model=str(sdxl_file), prompt="a red square", steps=2, width=64, height=64, seed=1)
+    first, again = generator.txt2img(request)[0], generator.txt2img(request)[0]
+    assert first.size == (64, 64) and first.tobytes() == again.tobytes()  # the seed gives the same image
+    lora = tmp_path / "some.safetensors"
+    save_file({"lora_unet_x.lora_down.weight": torch.zeros(1, 1)}, str(lora))
+    with pytest.raises(SDTrainError, match=r"Applying a LoRA \(some\.safetensors\) to an SDXL model is not supported"):
+        generator.txt2img(GenerationRequest(model=str(sdxl_file), prompt="x", steps=1, width=64, height=64,
+                                            lora_path=str(lora)))  # fmt: skip
