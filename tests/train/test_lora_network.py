@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -20,6 +21,7 @@ from lib_sdtrain.models.loading import load_sd_model
 from lib_sdtrain.models.saving import sd_model_to_ldm
 from lib_sdtrain.network.kohya_file import load_lora, save_lora
 from lib_sdtrain.network.lora import LoRAModule, LoRANetwork, NetworkSpec
+from tests.train import kohya_reference as kohya
 
 
 def randomize(network: LoRANetwork, seed: int = 0) -> None:
@@ -185,24 +187,14 @@ def test_new_network_changes_nothing_until_trained(tiny_sd_dir):
     assert torch.equal(before, after)
 
 
-def kohya_forward(module, x: torch.Tensor, dropout: float, rank_dropout: float, module_dropout: float) -> torch.Tensor:
-    """kohya networks.lora LoRAModule.forward while training, written out step by step, drawing from torch's global
-    generator in the same order."""
-    base = module._base_forward(x)
-    if module_dropout and torch.rand(1) < module_dropout:
-        return base
-    hidden = module.lora_down(x)
-    if dropout:
-        hidden = torch.nn.functional.dropout(hidden, p=dropout)
-    scale = module.scale
-    if rank_dropout:
-        mask = torch.rand((hidden.size(0), module.rank), device=hidden.device) > rank_dropout
-        mask = (
-            mask.unsqueeze(1) if hidden.dim() == 3 else mask.unsqueeze(-1).unsqueeze(-1) if hidden.dim() == 4 else mask
-        )
-        hidden = hidden * mask
-        scale = scale * (1.0 / (1.0 - rank_dropout))
-    return base + module.lora_up(hidden) * module.multiplier * scale
+def as_kohya_module(lora: LoRAModule, dropout: float, rank_dropout: float, module_dropout: float) -> SimpleNamespace:
+    """An attached LoRAModule of SD-Train under the attribute names kohya's LoRAModule.forward reads, training (kohya
+    leaves an unset dropout None)."""
+    return SimpleNamespace(
+        org_forward=lora._base_forward, lora_down=lora.lora_down, lora_up=lora.lora_up, lora_dim=lora.rank,
+        scale=lora.scale, multiplier=lora.multiplier, dropout=dropout or None, rank_dropout=rank_dropout or None,
+        module_dropout=module_dropout or None, training=True,
+    )  # fmt: skip
 
 
 @pytest.mark.parametrize(("dropout", "rank_dropout", "module_dropout"), [(0.3, 0, 0), (0, 0.5, 0), (0.1, 0.25, 0.5)])
@@ -213,11 +205,12 @@ def test_the_three_dropouts_are_kohyas(dropout, rank_dropout, module_dropout):
         lora = LoRAModule("lora_test", layer, 4, 2.0, dropout, rank_dropout, module_dropout)
         torch.nn.init.normal_(lora.lora_up.weight)
         lora.attach()
+        kohya_lora = as_kohya_module(lora, dropout, rank_dropout, module_dropout)
         for seed in range(4):
             torch.manual_seed(seed)
             ours = lora(inputs[kind])
             torch.manual_seed(seed)
-            theirs = kohya_forward(lora, inputs[kind], dropout, rank_dropout, module_dropout)
+            theirs = kohya.lora_module_forward(kohya_lora, inputs[kind])
             torch.testing.assert_close(ours, theirs, msg=f"{kind}, seed {seed}")
         lora.eval()  # no dropout at all outside training (samples)
         plain = lora._base_forward(inputs[kind]) + lora.lora_up(lora.lora_down(inputs[kind])) * lora.scale

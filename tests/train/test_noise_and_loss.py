@@ -1,8 +1,10 @@
-"""train/noise_and_loss.py: kohya's noise, timestep and loss options, checked against kohya's formulas and in runs."""
+"""train/noise_and_loss.py: kohya's noise, timestep and loss options, checked against kohya's code and in runs."""
 
 from __future__ import annotations
 
+import itertools
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -13,6 +15,7 @@ from lib_sdtrain.train import noise_and_loss as nl
 from lib_sdtrain.train.loop import Trainer, train
 from lib_sdtrain.train.settings import config_from_dict, validate_config
 from lib_sdtrain.utils.progress import CallbackProgress
+from tests.train import kohya_reference as kohya
 from tests.train.conftest import config_for
 
 
@@ -59,29 +62,39 @@ def test_noise_offset_with_random_strength_and_adaptive_scale_as_kohya_computes_
     strength = nl.random_strength(0.1, True, generator)
     got = nl.apply_noise_offset(latents, noise, strength, 0.05, generator)
 
-    replay = torch.Generator().manual_seed(3)
-    expected_strength = torch.rand((), generator=replay).item() * 0.1
-    per_channel = torch.randn((1, 2, 1, 1), generator=replay)
-    offset = torch.tensor([expected_strength + 0.05 * 2, expected_strength + 0.05 * 2]).view(1, 2, 1, 1)
+    args = SimpleNamespace(noise_offset=0.1, noise_offset_random_strength=True, adaptive_noise_scale=0.05)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(3)  # kohya draws from torch's global generator: the same draws, in the same order
+        expected = kohya.noise_with_offset(args, latents, noise)
+        torch.manual_seed(3)
+        expected_strength = torch.rand(1).item() * 0.1
     assert strength == pytest.approx(expected_strength) and 0 <= strength < 0.1
-    torch.testing.assert_close(got, (offset * per_channel).expand(1, 2, 1, 2))
+    torch.testing.assert_close(got, expected)
     # a negative adaptive scale cannot make the offset negative (kohya clamps at 0)
-    assert not nl.apply_noise_offset(latents, noise, 0.05, -1.0, torch.Generator().manual_seed(0)).any()
+    clamped = nl.apply_noise_offset(latents, noise, 0.05, -1.0, torch.Generator().manual_seed(0))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        torch.testing.assert_close(clamped, kohya.apply_noise_offset(latents, noise, 0.05, -1.0))
+    assert not clamped.any()
 
 
-def test_multires_noise_matches_kohyas_pyramid_and_is_low_frequency():
+def test_multires_noise_matches_kohyas_pyramid_and_is_low_frequency(monkeypatch):
     noise = torch.randn(8, 4, 32, 32, generator=torch.Generator().manual_seed(0))
     got = nl.pyramid_noise(noise, 6, 0.3, torch.Generator().manual_seed(5))
 
-    replay, expected = torch.Generator().manual_seed(5), noise.clone()
-    for i in range(6):
-        r = torch.rand((), generator=replay).item() * 2 + 2
-        h, w = max(1, int(32 / r**i)), max(1, int(32 / r**i))
-        layer = torch.randn((8, 4, h, w), generator=replay)
-        expected += torch.nn.Upsample(size=(32, 32), mode="bilinear")(layer) * 0.3**i
-        if h == 1 or w == 1:
-            break
-    torch.testing.assert_close(got, expected / expected.std())
+    # kohya draws each layer's r from Python's random and the layers from torch's; SD-Train draws both, in the same
+    # order, from its generator: kohya's random.random() is made a draw from torch's global generator to match
+    monkeypatch.setattr(kohya, "random", SimpleNamespace(random=lambda: torch.rand(()).item()))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(5)
+        torch.testing.assert_close(got, kohya.pyramid_noise_like(noise.clone(), "cpu", 6, 0.3))
+    for size, iterations, discount in (((2, 4, 24, 40), 3, 0.8), ((1, 4, 8, 8), 10, 0.5)):  # non-square; to 1 pixel
+        other = torch.randn(size, generator=torch.Generator().manual_seed(1))
+        ours = nl.pyramid_noise(other, iterations, discount, torch.Generator().manual_seed(5))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(5)
+            theirs = kohya.pyramid_noise_like(other.clone(), "cpu", iterations, discount)
+        torch.testing.assert_close(ours, theirs, msg=f"{size}, {iterations} iterations, discount {discount}")
     assert got.std().item() == pytest.approx(1.0, abs=1e-5)
 
     # the coarse layers correlate neighbouring pixels, which white noise does not
@@ -124,10 +137,10 @@ def test_zero_terminal_snr_rescales_the_training_schedule_only(tiny_sd2_dir, sks
     assert scheduler.alphas_cumprod[-1] == 0
     assert scheduler.alphas_cumprod[0].item() == pytest.approx(original[0].item(), rel=1e-5)
     assert (scheduler.alphas_cumprod[1:] < scheduler.alphas_cumprod[:-1]).all()
-    # sqrt(alpha_bar) is the original shifted and scaled (the paper's algorithm 1)
-    root = original.sqrt()
-    expected = (root - root[-1]) * root[0] / (root[0] - root[-1])
-    torch.testing.assert_close(scheduler.alphas_cumprod.sqrt(), expected, atol=1e-6, rtol=1e-5)
+    theirs = _sd_scheduler()
+    kohya.fix_noise_scheduler_betas_for_zero_terminal_snr(theirs)
+    for name in ("betas", "alphas", "alphas_cumprod"):
+        torch.testing.assert_close(getattr(scheduler, name), getattr(theirs, name), atol=1e-6, rtol=1e-5, msg=name)
 
     config = config_for(tiny_sd2_dir, sks_dataset, tmp_path, zero_terminal_snr=True, v_parameterization=True)
     trainer = Trainer(config, None, None)
@@ -140,47 +153,45 @@ def test_zero_terminal_snr_rescales_the_training_schedule_only(tiny_sd2_dir, sks
 
 
 def test_loss_types_and_huber_schedules_match_kohyas_formulas():
-    prediction = torch.tensor([0.0, 1.0, -3.0, 0.5]).view(2, 1, 1, 2)
-    target = torch.tensor([0.5, -1.0, 1.0, 0.5]).view(2, 1, 1, 2)
-    d = prediction - target
-    c = torch.tensor([0.1, 0.7])
-    cv = c.view(2, 1, 1, 1)
-    torch.testing.assert_close(nl.elementwise_loss(prediction, target, "l2"), d**2)
-    torch.testing.assert_close(nl.elementwise_loss(prediction, target, "l1"), d.abs())
-    torch.testing.assert_close(
-        nl.elementwise_loss(prediction, target, "huber", c), 2 * cv * ((d**2 + cv**2).sqrt() - cv)
-    )
-    torch.testing.assert_close(
-        nl.elementwise_loss(prediction, target, "smooth_l1", c), 2 * ((d**2 + cv**2).sqrt() - cv)
-    )
-
+    """SD-Train's threshold (nl.huber_c) and unreduced loss against kohya's get_huber_threshold_if_needed and
+    conditional_loss (reduction "none"), for each loss type, schedule, huber_c and huber_scale."""
     scheduler = _sd_scheduler()
-    t = torch.tensor([0, 250, 999])
-    bar = scheduler.alphas_cumprod[t]
-    args = (t, scheduler.alphas_cumprod, 1000)
-    torch.testing.assert_close(nl.huber_c("constant", 0.1, 2.0, *args), torch.full((3,), 0.2))
-    exponential = torch.tensor([math.exp(-(-math.log(0.1) / 1000) * x) for x in (0, 250, 999)]) * 2.0
-    torch.testing.assert_close(nl.huber_c("exponential", 0.1, 2.0, *args), exponential)
-    sigma = ((1 - bar) / bar).sqrt()
-    torch.testing.assert_close(nl.huber_c("snr", 0.1, 2.0, *args), (1 - 0.1) / (1 + sigma) ** 2 + 0.1)
+    generator = torch.Generator().manual_seed(0)
+    inputs = [
+        (torch.tensor([0.0, 1.0, -3.0, 0.5]).view(2, 1, 1, 2), torch.tensor([0.5, -1.0, 1.0, 0.5]).view(2, 1, 1, 2)),
+        (torch.randn(3, 4, 5, 6, generator=generator) * 2, torch.randn(3, 4, 5, 6, generator=generator)),
+    ]
+    timesteps = {2: torch.tensor([0, 999]), 3: torch.tensor([0, 250, 999])}
+    for (prediction, target), loss_type, schedule, huber_c, huber_scale in itertools.product(
+        inputs, ("l2", "l1", "huber", "smooth_l1"), ("constant", "exponential", "snr"), (0.1, 0.7), (1.0, 2.0)
+    ):
+        case = f"{loss_type}, {schedule}, huber_c {huber_c}, huber_scale {huber_scale}, batch {len(prediction)}"
+        t = timesteps[len(prediction)]
+        args = SimpleNamespace(loss_type=loss_type, huber_schedule=schedule, huber_c=huber_c, huber_scale=huber_scale)
+        theirs_c = kohya.get_huber_threshold_if_needed(args, t, scheduler)
+        ours_c = None
+        if theirs_c is not None:
+            ours_c = nl.huber_c(schedule, huber_c, huber_scale, t, scheduler.alphas_cumprod, 1000)
+            torch.testing.assert_close(ours_c, theirs_c, msg=case)
+        theirs = kohya.conditional_loss(prediction, target, loss_type, "none", theirs_c)
+        torch.testing.assert_close(nl.elementwise_loss(prediction, target, loss_type, ours_c), theirs, msg=case)
 
 
 def test_snr_weights_match_kohyas_formulas():
-    snr = torch.tensor([2000.0, 4.0, 0.25])
+    """SD-Train's snr_weighted against kohya's post_process_loss (min-SNR, v-pred scaling, v_pred_like_loss and
+    debiased estimation, in kohya's order), every combination, for epsilon and v-prediction."""
+    snr = torch.tensor([2000.0, 4.0, 0.25])  # above kohya's cap of 1000, and below 1
     loss = torch.tensor([1.0, 2.0, 3.0])
-    capped = torch.tensor([1000.0, 4.0, 0.25])
-    min_snr = torch.tensor([5 / 2000, 4 / 4, 0.25 / 0.25])
-    torch.testing.assert_close(nl.snr_weighted(loss, snr, False, min_snr_gamma=5), loss * min_snr)
-    min_snr_v = torch.tensor([5 / 2001, 4 / 5, 0.25 / 1.25])
-    torch.testing.assert_close(nl.snr_weighted(loss, snr, True, min_snr_gamma=5), loss * min_snr_v)
-    scale = capped / (capped + 1)
-    torch.testing.assert_close(nl.snr_weighted(loss, snr, True, scale_v_pred_loss_like_noise_pred=True), loss * scale)
-    torch.testing.assert_close(nl.snr_weighted(loss, snr, False, v_pred_like_loss=0.2), loss + loss / scale * 0.2)
-    torch.testing.assert_close(nl.snr_weighted(loss, snr, False, debiased_estimation_loss=True), loss / capped.sqrt())
-    torch.testing.assert_close(nl.snr_weighted(loss, snr, True, debiased_estimation_loss=True), loss / (capped + 1))
-    # kohya's order: min-SNR first, debiased last
-    both = nl.snr_weighted(loss, snr, False, min_snr_gamma=5, debiased_estimation_loss=True)
-    torch.testing.assert_close(both, loss * min_snr / capped.sqrt())
+    timesteps = torch.arange(3)
+    scheduler = SimpleNamespace(all_snr=snr)  # kohya reads each timestep's SNR from the scheduler's all_snr
+    for v_prediction, gamma, scale_v, like_loss, debiased in itertools.product(
+        (False, True), (None, 5), (False, True), (None, 0.2), (False, True)
+    ):
+        options = {"min_snr_gamma": gamma, "scale_v_pred_loss_like_noise_pred": scale_v,
+                   "v_pred_like_loss": like_loss, "debiased_estimation_loss": debiased}  # fmt: skip
+        args = SimpleNamespace(v_parameterization=v_prediction, **options)
+        expected = kohya.post_process_loss(loss.clone(), args, timesteps, scheduler)
+        torch.testing.assert_close(nl.snr_weighted(loss, snr, v_prediction, **options), expected, msg=str(args))
 
 
 # --- training with everything on -----------------------------------------------------------------------------------

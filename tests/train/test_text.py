@@ -7,6 +7,7 @@ import torch
 
 from lib_sdtrain.models.loading import load_sd_model
 from lib_sdtrain.train import text
+from tests.train import kohya_reference as kohya
 
 
 def test_long_prompts_and_clip_skip(tiny_sd_dir):
@@ -28,19 +29,6 @@ def test_long_prompts_and_clip_skip(tiny_sd_dir):
         assert not torch.allclose(expected, out.last_hidden_state)
 
 
-def kohya_v2_chunks(ids: list[int], eos: int, pad: int, max_length: int) -> list[list[int]]:
-    """kohya's get_input_ids for SD 2 (pad != eos), step by step, for one caption."""
-    chunks = []
-    for i in range(1, max_length - 77 + 4, 75):
-        chunk = [ids[0], *ids[i : i + 75], ids[-1]]
-        if chunk[-2] not in (eos, pad):
-            chunk[-1] = eos
-        if chunk[1] == pad:
-            chunk[1] = eos
-        chunks.append(chunk)
-    return chunks
-
-
 @pytest.mark.parametrize("words", [3, 74, 75, 90, 200])
 def test_sd2_long_captions_get_kohyas_eos_fixups(tiny_sd2_dir, words):
     from transformers import CLIPTokenizer
@@ -49,6 +37,5 @@ def test_sd2_long_captions_get_kohyas_eos_fixups(tiny_sd2_dir, words):
     assert tokenizer.pad_token_id != tokenizer.eos_token_id
     caption = " ".join(["sks"] * words)
     for max_length in (150, 225):
-        ids = tokenizer(caption, padding="max_length", truncation=True, max_length=max_length + 2).input_ids
-        expected = kohya_v2_chunks(ids, tokenizer.eos_token_id, tokenizer.pad_token_id, max_length + 2)
-        assert text.tokenize(tokenizer, [caption], max_length)[0].tolist() == expected
+        expected = kohya.get_input_ids(caption, tokenizer, max_length + 2)  # kohya's tokenizer_max_length
+        assert text.tokenize(tokenizer, [caption], max_length)[0].tolist() == expected.tolist()
