@@ -82,7 +82,7 @@ ACCEPTED_OUTSIDE_SCHEMA = frozenset(e.key for e in KOHYA_KEYS if e.policy in _OU
 """Keys outside the option schema that a config, a preset and the command line accept (into config.ignored)."""
 UNUSED_WHEN_GIVEN = frozenset(e.key for e in KOHYA_KEYS if e.policy in (Policy.NO_OP, Policy.DEFAULT_ONLY))
 """Of those, the ones training does not read: named in a warning when a run starts."""
-KOHYA_DEFAULTS: dict[str, str] = {e.key: e.note for e in KOHYA_KEYS if e.policy is Policy.DEFAULT_DIFFERS}
+DIFFERING_DEFAULTS: dict[str, str] = {e.key: e.note for e in KOHYA_KEYS if e.policy is Policy.DEFAULT_DIFFERS}
 """{option: kohya's default, as it reads} for the options whose SD-Train default differs."""
 
 

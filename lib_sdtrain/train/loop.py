@@ -28,7 +28,7 @@ from lib_sdtrain.network.kohya_file import SAVE_DTYPES, load_lora
 from lib_sdtrain.network.lora import LoRANetwork, NetworkSpec, ranks_from_weights
 from lib_sdtrain.train import data, noise_and_loss, text
 from lib_sdtrain.train.config import TrainConfig, parse_network_args
-from lib_sdtrain.train.kohya_keys import KOHYA_DEFAULTS, UNUSED_WHEN_GIVEN
+from lib_sdtrain.train.kohya_keys import DIFFERING_DEFAULTS, UNUSED_WHEN_GIVEN
 from lib_sdtrain.train.latent_cache import LatentCache, build_latent_cache, folder_items, latent_source, will_cache
 from lib_sdtrain.train.optim import make_lr_scheduler, make_optimizer
 from lib_sdtrain.train.output_lock import hold_output
@@ -619,7 +619,7 @@ class Trainer:
         ]
         lines += [
             f"SD-Train default differs from kohya: {key} {_shown(getattr(config, key))} (kohya's default: {kohya})"
-            for key, kohya in KOHYA_DEFAULTS.items()
+            for key, kohya in DIFFERING_DEFAULTS.items()
             if key not in config.given and getattr(config, key) == _default(key) and self._default_matters(key)
         ]
         return "\n".join(lines)

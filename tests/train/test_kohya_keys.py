@@ -12,7 +12,7 @@ import tomllib
 from lib_sdtrain.errors import ConfigError
 from lib_sdtrain.train.config import KNOWN_KEYS, flatten_toml
 from lib_sdtrain.train.key_table import key_status, key_table_markdown, readme_key_table, table_keys
-from lib_sdtrain.train.kohya_keys import ACCEPTED_OUTSIDE_SCHEMA, BY_KEY, KOHYA_DEFAULTS, KOHYA_KEYS, Policy, refusal
+from lib_sdtrain.train.kohya_keys import ACCEPTED_OUTSIDE_SCHEMA, BY_KEY, DIFFERING_DEFAULTS, KOHYA_KEYS, Policy, refusal
 from lib_sdtrain.train.options import OPTIONS
 from lib_sdtrain.train.settings import config_from_dict, load_config, validate_config
 from tests.train.conftest import config_for
@@ -37,7 +37,7 @@ def test_key_table_lists_every_known_key_once():
     for key in keys:
         assert table.count(f"| `{key}` |") == 1, key
     assert not (KNOWN_KEYS | ACCEPTED_OUTSIDE_SCHEMA) & set(REFUSED)
-    for key in KOHYA_DEFAULTS:
+    for key in DIFFERING_DEFAULTS:
         assert "default differs" in key_status(key)[1], key
     readme = README.read_text(encoding="utf-8")
     for key in ("learning_rate", "save_precision", "seed"):
@@ -62,7 +62,7 @@ def test_each_key_behaves_as_its_policy_says(entry):
     required = {"pretrained_model_name_or_path": "m", "train_data_dir": "d"}
     if entry.policy in (Policy.DEFAULT_DIFFERS, Policy.SDTRAIN_ONLY):
         assert entry.key in KNOWN_KEYS and entry.key not in ACCEPTED_OUTSIDE_SCHEMA
-        assert (entry.key in KOHYA_DEFAULTS) == (entry.policy is Policy.DEFAULT_DIFFERS)
+        assert (entry.key in DIFFERING_DEFAULTS) == (entry.policy is Policy.DEFAULT_DIFFERS)
     elif entry.policy is Policy.REFUSED:
         assert refusal(entry.key) == entry.note
         with pytest.raises(ConfigError, match=rf"^{entry.key} is not supported by SD-Train"):
