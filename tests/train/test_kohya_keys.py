@@ -12,7 +12,14 @@ import tomllib
 from lib_sdtrain.errors import ConfigError
 from lib_sdtrain.train.config import KNOWN_KEYS, flatten_toml
 from lib_sdtrain.train.key_table import key_status, key_table_markdown, readme_key_table, table_keys
-from lib_sdtrain.train.kohya_keys import ACCEPTED_OUTSIDE_SCHEMA, BY_KEY, DIFFERING_DEFAULTS, KOHYA_KEYS, Policy, refusal
+from lib_sdtrain.train.kohya_keys import (
+    ACCEPTED_OUTSIDE_SCHEMA,
+    BY_KEY,
+    DIFFERING_DEFAULTS,
+    KOHYA_KEYS,
+    Policy,
+    refusal,
+)
 from lib_sdtrain.train.options import OPTIONS
 from lib_sdtrain.train.settings import config_from_dict, load_config, validate_config
 from tests.train.conftest import config_for
