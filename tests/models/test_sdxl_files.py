@@ -195,3 +195,34 @@ def test_the_generate_stage_draws_with_an_sdxl_file_and_refuses_a_lora_on_it(sdx
     with pytest.raises(SDTrainError, match=r"Applying a LoRA \(some\.safetensors\) to an SDXL model is not supported"):
         generator.txt2img(GenerationRequest(model=str(sdxl_file), prompt="x", steps=1, width=64, height=64,
                                             lora_path=str(lora)))  # fmt: skip
+
+
+def test_buckets_caches_latents_with_an_sdxl_files_vae(sdxl_file, sdxl_folder, tmp_path):
+    """The tutorial's steps 3-4 on an SDXL model: merge, then buckets with the SDXL file; the .npz holds a draw of
+    the SDXL VAE's latents and the original size and crop that SDXL's size conditioning reads."""
+    import json
+
+    import numpy as np
+
+    from lib_sdtrain.main import main
+
+    data = tmp_path / "data"
+    data.mkdir()
+    Image.new("RGB", (96, 64), "red").save(data / "wide.png")
+    (data / "wide.caption").write_text("a red square")
+    assert main(["merge", str(data), str(data / "meta_clean.json")]) == 0
+    args = ["buckets", str(data), str(data / "meta_clean.json"), str(data / "meta_lat.json"), str(sdxl_file)]
+    assert main([*args, "--max_resolution", "64,64", "--min_bucket_reso", "32", "--max_bucket_reso", "128",
+                 "--bucket_reso_steps", "32", "--tokenizer", str(sdxl_folder)]) == 0  # fmt: skip
+    bucket = json.loads((data / "meta_lat.json").read_text())["wide"]["train_resolution"]
+    with np.load(data / "wide.npz") as npz:
+        latents = torch.from_numpy(npz["latents"])
+        assert latents.shape == (4, bucket[1] // 8, bucket[0] // 8)
+        assert npz["original_size"].tolist() == [96, 64] and len(npz["crop_ltrb"]) == 4
+    vae = load_vae(sdxl_file)
+    pixels = torch.ones(1, 3, bucket[1], bucket[0])  # the red square: 1, -1, -1 in the VAE's range
+    pixels[:, 1:] = -1
+    with torch.no_grad():
+        dist = vae.encode(pixels).latent_dist
+    assert vae.config.scaling_factor == 0.13025
+    assert ((latents - dist.mean[0]) / dist.std[0]).abs().max() < 5  # a draw from this VAE's encoding of the image
