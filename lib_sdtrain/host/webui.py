@@ -90,9 +90,14 @@ def loaded_model_problem() -> str | None:
 
 
 def _unsupported_version_message(checkpoint: LoadedCheckpoint) -> str:
+    if checkpoint.version == "sdxl":
+        return (
+            f"The WebUI's loaded model {checkpoint.name} is SDXL: SD-Train trains SDXL LoRAs from the checkpoint's "
+            "file, not yet from the WebUI's loaded weights. Choose the checkpoint's file in the list."
+        )
     return (
-        f"The WebUI's loaded model {checkpoint.name} is {checkpoint.version.upper()}; SD-Train trains SD 1.x and "
-        "2.x models. Load an SD 1.x/2.x checkpoint in the WebUI, or choose a model file."
+        f"The WebUI's loaded model {checkpoint.name} is {checkpoint.version.upper()}; SD-Train trains SD 1.x, 2.x "
+        "and SDXL models. Load one of those in the WebUI, or choose a model file."
     )
 
 

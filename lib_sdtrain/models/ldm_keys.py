@@ -210,3 +210,9 @@ TEXT_LDM_REFS: dict[str, Callable[[str], LdmRef | None]] = {
 
 def openclip_block_prefix(index: int) -> str:
     return f"{SD2_TEXT_PREFIX}transformer.resblocks.{index}."
+
+
+def unet_sgm_module_path(diffusers_path: str, layout: UNetLayout) -> str:
+    """Where a diffusers UNet module sits in the SGM layout, which kohya's SDXL UNet keeps and names its LoRA
+    modules by: down_blocks.1.attentions.0.proj_in -> input_blocks.4.1.proj_in."""
+    return unet_ldm_ref(diffusers_path + ".weight", layout).key.removeprefix(UNET_PREFIX).removesuffix(".weight")

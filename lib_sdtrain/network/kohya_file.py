@@ -51,12 +51,15 @@ def lora_model_spec(version: str, v_prediction: bool, title: str, resolution: tu
     """Stability AI model-spec entries for a LoRA (as kohya's sai_model_spec writes them)."""
     if version == "sd1":
         architecture = "stable-diffusion-v1/lora"
+    elif version == "sdxl":
+        architecture = "stable-diffusion-xl-v1-base/lora"
     else:
         architecture = ("stable-diffusion-v2-768-v" if v_prediction else "stable-diffusion-v2-512") + "/lora"
+    repository = "generative-models" if version == "sdxl" else "stablediffusion"
     return {
         "modelspec.sai_model_spec": "1.0.0",
         "modelspec.architecture": architecture,
-        "modelspec.implementation": "https://github.com/Stability-AI/stablediffusion",
+        "modelspec.implementation": f"https://github.com/Stability-AI/{repository}",
         "modelspec.title": title,
         "modelspec.resolution": f"{resolution[0]}x{resolution[1]}",
         "modelspec.prediction_type": "v" if v_prediction else "epsilon",

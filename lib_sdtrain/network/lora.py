@@ -144,21 +144,32 @@ class NetworkSpec:
 class LoRANetwork(nn.Module):
     """All LoRA modules of one model. `attach()` hooks them into the model; `detach()` restores it."""
 
-    def __init__(self, unet: nn.Module, text_encoder: nn.Module | None, spec: NetworkSpec) -> None:
+    def __init__(
+        self,
+        unet: nn.Module,
+        text_encoder: nn.Module | None,
+        spec: NetworkSpec,
+        text_encoder_2: nn.Module | None = None,
+        unet_names: Callable[[str], str] | None = None,
+    ) -> None:
+        """`text_encoder_2` (SDXL's second) makes the text prefixes kohya's lora_te1_/lora_te2_; `unet_names` maps a
+        diffusers module path to the one kohya names the module by (SDXL: the SGM path, input_blocks_4_1_...)."""
         super().__init__()
         self.spec = spec
         unet_targets = UNET_TARGETS + (UNET_CONV_TARGETS if spec.conv_rank else ())
+        encoders = [e for e in (text_encoder, text_encoder_2) if e is not None] if spec.train_text_encoder else []
+        prefixes = [TEXT_ENCODER_PREFIX] if text_encoder_2 is None else [f"{TEXT_ENCODER_PREFIX}{i}" for i in (1, 2)]
         if spec.module_ranks is None:  # before any module is made: a typo'd rank would fill the memory first
-            layers = list(target_layers(unet, UNET_PREFIX, unet_targets)) if spec.train_unet else []
-            if spec.train_text_encoder and text_encoder is not None:
-                layers += target_layers(text_encoder, TEXT_ENCODER_PREFIX, TEXT_ENCODER_TARGETS)
+            layers = list(target_layers(unet, UNET_PREFIX, unet_targets, unet_names)) if spec.train_unet else []
+            for encoder, prefix in zip(encoders, prefixes, strict=False):
+                layers += target_layers(encoder, prefix, TEXT_ENCODER_TARGETS)
             check_ranks(layers, spec)
         self.unet_loras = nn.ModuleList(
-            _create_modules(unet, UNET_PREFIX, unet_targets, spec) if spec.train_unet else []
+            _create_modules(unet, UNET_PREFIX, unet_targets, spec, unet_names) if spec.train_unet else []
         )
         te_modules = []
-        if spec.train_text_encoder and text_encoder is not None:
-            te_modules = _create_modules(text_encoder, TEXT_ENCODER_PREFIX, TEXT_ENCODER_TARGETS, spec)
+        for encoder, prefix in zip(encoders, prefixes, strict=False):
+            te_modules += _create_modules(encoder, prefix, TEXT_ENCODER_TARGETS, spec)
         self.text_encoder_loras = nn.ModuleList(te_modules)
 
     def modules_by_name(self) -> dict[str, LoRAModule]:
@@ -253,9 +264,11 @@ def _shape_mismatch(keys: list[str], theirs: dict[str, torch.Tensor], ours: dict
     return f"{key} is {tuple(theirs[key].shape)} there and {tuple(ours[key].shape)} here ({len(keys)} tensors differ)"
 
 
-def _create_modules(root: nn.Module, prefix: str, targets: tuple[str, ...], spec: NetworkSpec) -> list[LoRAModule]:
+def _create_modules(
+    root: nn.Module, prefix: str, targets: tuple[str, ...], spec: NetworkSpec, names: Callable[[str], str] | None = None
+) -> list[LoRAModule]:
     loras = []
-    for lora_name, child in target_layers(root, prefix, targets):
+    for lora_name, child in target_layers(root, prefix, targets, names):
         if spec.module_ranks is not None:  # dim_from_weights: the file's modules, ranks and alphas
             if lora_name in spec.module_ranks:
                 loras.append(LoRAModule(lora_name, child, *spec.module_ranks[lora_name], *_dropouts(spec)))
@@ -296,16 +309,18 @@ def _dropouts(spec: NetworkSpec) -> tuple[float, float, float]:
 
 
 def target_layers(
-    root: nn.Module, prefix: str, targets: tuple[str, ...]
+    root: nn.Module, prefix: str, targets: tuple[str, ...], names: Callable[[str], str] | None = None
 ) -> Iterator[tuple[str, nn.Linear | nn.Conv2d]]:
-    """(kohya name, layer) for every Linear and Conv2d inside the modules whose class is one of `targets`."""
+    """(kohya name, layer) for every Linear and Conv2d inside the modules whose class is one of `targets`; `names`
+    maps a module path to the one kohya names it by."""
     for name, module in root.named_modules():
         if module.__class__.__name__ not in targets:
             continue
         for child_name, child in module.named_modules():
             # kohya compares class names exactly: subclasses of Linear/Conv2d (e.g. quantised layers) are skipped
             if child.__class__.__name__ in ("Linear", "Conv2d"):
-                yield f"{prefix}.{name}.{child_name}".replace(".", "_"), child
+                path = f"{name}.{child_name}"
+                yield f"{prefix}.{names(path) if names else path}".replace(".", "_"), child
 
 
 def model_target_layers(unet: nn.Module, text_encoder: nn.Module | None) -> dict[str, nn.Linear | nn.Conv2d]:

@@ -601,6 +601,19 @@ class TrainConfig:
         "they match the image's bucket.",
         "training",
     )
+    cache_text_encoder_outputs: bool = opt(
+        False,
+        "kohya's SDXL switch to encode each caption once before training. SD-Train does so by itself whenever the "
+        "captions are fixed and the text encoders frozen; set, it is refused where kohya refuses it (captions "
+        "that change per step, a trained text encoder), so a kohya SDXL config behaves as it did there.",
+        "training",
+    )
+    cache_text_encoder_outputs_to_disk: bool = opt(
+        False,
+        "kohya's switch to also keep those outputs on disk for later runs; accepted as a speed-only no-op (SD-Train "
+        "encodes them again, in seconds), with cache_text_encoder_outputs' checks.",
+        "training",
+    )
     vae_batch_size: int = opt(
         1,
         "Images per VAE call when caching latents (kohya's vae_batch_size): higher is faster, needs more memory.",

@@ -73,7 +73,7 @@ KOHYA_KEYS: tuple[KohyaKey, ...] = (
         Policy.REFUSED,
         "writing the config is not implemented; each run saves <output_name>.sdtrain.toml instead",
     ),
-    KohyaKey("sdxl", Policy.REFUSED, "SD-Train trains SD 1.x and 2.x models, not SDXL"),
+    KohyaKey("sdxl", Policy.NO_OP, "SD-Train reads the model family (SD 1.x, 2.x, SDXL) from the checkpoint itself"),
 )
 BY_KEY: dict[str, KohyaKey] = {entry.key: entry for entry in KOHYA_KEYS}
 

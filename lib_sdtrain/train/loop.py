@@ -17,12 +17,15 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from lib_sdtrain.errors import Cancelled, ConfigError, OutputError, SDTrainError, UnsupportedModelError
+from lib_sdtrain.models import ldm_keys
+from lib_sdtrain.models.configs import unet_layout
 from lib_sdtrain.models.sd_model import PredictionType, SDModel
 from lib_sdtrain.network.kohya_file import SAVE_DTYPES, load_lora
 from lib_sdtrain.network.lora import LoRANetwork, NetworkSpec, ranks_from_weights
@@ -81,12 +84,34 @@ class TrainResult:
 
 @dataclass
 class PreparedBatch:
-    """One batch's data, made on the CPU ahead of its step: cached latents, or pixels for the VAE to encode."""
+    """One batch's data, made on the CPU ahead of its step: cached latents, or pixels for the VAE to encode; for
+    SDXL, each item's six size ids (data.size_conditioning)."""
 
     items: list[data.TrainItem]
     captions: list[str]
     latents: torch.Tensor | None
     pixels: torch.Tensor | None
+    time_ids: torch.Tensor | None = None
+
+
+@dataclass
+class Conditioning:
+    """What the UNet is conditioned on: the text states, and for SDXL the pooled text embedding too."""
+
+    states: torch.Tensor
+    pooled: torch.Tensor | None = None
+
+    def row(self, index: int) -> Conditioning:
+        pooled = None if self.pooled is None else self.pooled[index].clone()
+        return Conditioning(self.states[index].clone(), pooled)
+
+    @staticmethod
+    def stack(rows: list[Conditioning]) -> Conditioning:
+        pooled = None if rows[0].pooled is None else torch.stack([r.pooled for r in rows if r.pooled is not None])
+        return Conditioning(torch.stack([r.states for r in rows]), pooled)
+
+    def to(self, device: torch.device | str) -> Conditioning:
+        return Conditioning(self.states.to(device), None if self.pooled is None else self.pooled.to(device))
 
 
 def _pinned(tensor: torch.Tensor) -> torch.Tensor:
@@ -111,12 +136,9 @@ class Trainer:
         check_dynamo_backend(config.dynamo_backend)
         check_output_writable(config.output_dir, config.output_name)  # in seconds, not after loading the model
         self.model = _with_vae(model or _load_model(config), config.vae)
-        if self.model.version == "sdxl":
-            raise UnsupportedModelError(
-                f"{self.model.source_name or self.model.source or 'The base model'} is an SDXL model. SD-Train loads, "
-                "converts, caches latents for and generates with SDXL models, but training them is not supported "
-                "yet: choose an SD 1.x or 2.x base model."
-            )
+        self.sdxl = self.model.version == "sdxl"
+        if self.sdxl:
+            _check_sdxl_run(config, self.model)
         self.output_dir = Path(config.output_dir)
         self.accelerator = _make_accelerator(config)
         self.device = self.accelerator.device
@@ -150,13 +172,13 @@ class Trainer:
         torch.manual_seed(config.seed)
         model.vae.requires_grad_(False).eval()
         model.unet.requires_grad_(False)
-        model.text_encoder.requires_grad_(False)
+        for encoder in model.text_encoders:
+            encoder.requires_grad_(False).to(self.device)
         self.offloaded: set[str] = set()
         """Names of the modules kept on STORAGE_DEVICE instead of self.device (see _place_modules)."""
-        self.text_cache: dict[str, torch.Tensor] | None = None
+        self.text_cache: dict[str, Conditioning] | None = None
         self.latent_cache = LatentCache()
         model.unet.to(self.device)
-        model.text_encoder.to(self.device)
         if config.is_lora:
             network_args = parse_network_args(config.network_args)
             spec = NetworkSpec(
@@ -173,7 +195,12 @@ class Trainer:
             weights = load_lora(config.network_weights)[0] if config.network_weights else None
             if weights is not None and config.dim_from_weights:
                 spec = _spec_from_weights(spec, weights)
-            self.network = LoRANetwork(model.unet, model.text_encoder, spec).to(self.device).attach()
+            unet_names = None
+            if self.sdxl:  # kohya names an SDXL LoRA's UNet modules by their SGM paths
+                layout = unet_layout(model.unet.config)
+                unet_names = partial(ldm_keys.unet_sgm_module_path, layout=layout)
+            self.network = LoRANetwork(model.unet, model.text_encoder, spec, model.text_encoder_2, unet_names)
+            self.network.to(self.device).attach()
             self.network.set_multiplier(config.network_multiplier)
             if weights is not None:
                 self.network.load_kohya_state_dict(_weights_for(spec, weights) if config.dim_from_weights else weights)
@@ -194,16 +221,19 @@ class Trainer:
         if config.gradient_checkpointing:
             model.unet.enable_gradient_checkpointing()
             if self.trains_text_encoder:
-                model.text_encoder.gradient_checkpointing_enable()
-                # Re-entrant checkpointing only back-propagates into a block whose input needs a gradient; with
-                # frozen embeddings (LoRA) nothing would, and the text encoder's LoRA would silently not train.
-                model.text_encoder.enable_input_require_grads()
+                for encoder in model.text_encoders:
+                    encoder.gradient_checkpointing_enable()
+                    # Re-entrant checkpointing only back-propagates into a block whose input needs a gradient; with
+                    # frozen embeddings (LoRA) nothing would, and the text encoder's LoRA would silently not train.
+                    encoder.enable_input_require_grads()
         model.unet.train()
-        model.text_encoder.train(self.trains_text_encoder)
+        for encoder in model.text_encoders:
+            encoder.train(self.trains_text_encoder)
         self._store_weights_in_dtypes()
         self._compile_unet()
         self._cache_latents()
         self._place_modules()
+        self._check_text_encoder_caching()
         self._cache_text_encoder_outputs()
         self.params = [p for g in groups for p in g["params"]]
         built = make_optimizer(config.optimizer_type, groups, config.learning_rate, config.optimizer_args)
@@ -243,7 +273,8 @@ class Trainer:
             return
         if self.network is not None:  # the LoRA modules are not the base modules' parameters
             model.unet.to(dtype=dtype)
-            model.text_encoder.to(dtype=dtype)
+            for encoder in model.text_encoders:
+                encoder.to(dtype=dtype)
             if self.full_half:
                 self.network.to(dtype=dtype)
         else:
@@ -251,7 +282,9 @@ class Trainer:
                 model.unet.to(dtype=dtype)
             if self.full_half or not self.trains_text_encoder:
                 model.text_encoder.to(dtype=dtype)
-        if self.config.ignored.get("no_half_vae") is not True:
+        # SDXL's VAE overflows in fp16 (kohya's no_half_vae): it stays fp32 then, as under no_half_vae
+        sdxl_fp16 = self.sdxl and dtype == torch.float16
+        if self.config.ignored.get("no_half_vae") is not True and not sdxl_fp16:
             model.vae.to(dtype=dtype)
 
     def vae_needed(self) -> bool:
@@ -275,6 +308,8 @@ class Trainer:
         """Put the VAE and text encoder on the device only when steps use them; else on STORAGE_DEVICE, which
         frees their memory on a GPU (about 160 MB for SD1.5's VAE in fp16, 250 MB for its text encoder)."""
         needed = {"vae": self.vae_needed(), "text_encoder": self.text_encoder_needed()}
+        if self.model.text_encoder_2 is not None:
+            needed["text_encoder_2"] = self.text_encoder_needed()
         for name, is_needed in needed.items():
             getattr(self.model, name).to(self.device if is_needed else STORAGE_DEVICE)
             if is_needed:
@@ -291,6 +326,22 @@ class Trainer:
         token warmup or wildcard choice, in the config or in any subset)."""
         return not any(data.caption_varies(item, self.config) for item in self.items)
 
+    def _check_text_encoder_caching(self) -> None:
+        """kohya's cache_text_encoder_outputs (and _to_disk) asked for: refused where kohya refuses it."""
+        config = self.config
+        if not (config.cache_text_encoder_outputs or config.cache_text_encoder_outputs_to_disk):
+            return
+        if self.trains_text_encoder:
+            raise ConfigError(
+                "cache_text_encoder_outputs needs frozen text encoders: set network_train_unet_only (as kohya asks), "
+                "or leave cache_text_encoder_outputs out."
+            )
+        if not self.captions_fixed():
+            raise ConfigError(
+                "cache_text_encoder_outputs needs captions that stay the same at every step: turn off "
+                "shuffle_caption, caption dropout, token warmup and wildcards, or leave cache_text_encoder_outputs out."
+            )
+
     @torch.no_grad()
     def _cache_text_encoder_outputs(self) -> None:
         """With a frozen text encoder and fixed captions, each distinct caption is encoded once, here, instead of
@@ -299,23 +350,28 @@ class Trainer:
         if self.trains_text_encoder or not self.captions_fixed():
             return
         captions = sorted({data.fixed_caption(item, self.config) for item in self.items})
-        cache: dict[str, torch.Tensor] = {}
+        cache: dict[str, Conditioning] = {}
         size = self.config.train_batch_size
         for start in range(0, len(captions), size):
             chunk = captions[start : start + size]
-            states = self._encode_captions(chunk)
-            cache.update({c: s.to(STORAGE_DEVICE).clone() for c, s in zip(chunk, states, strict=True)})
+            encoded = self._encode_captions(chunk)
+            cache.update({c: encoded.row(i).to(STORAGE_DEVICE) for i, c in enumerate(chunk)})
         self.text_cache = cache
         self._place_modules()
 
-    def _encode_captions(self, captions: list[str]) -> torch.Tensor:
-        ids = text.tokenize(self.model.tokenizer, captions, self.config.max_token_length)
+    def _encode_captions(self, captions: list[str]) -> Conditioning:
+        model, length = self.model, self.config.max_token_length
+        ids = text.tokenize(model.tokenizer, captions, length)
         with torch.set_grad_enabled(self.trains_text_encoder), self.accelerator.autocast():
-            return text.encode(self.model.text_encoder, ids, self.config.clip_skip)
+            if model.text_encoder_2 is None:
+                return Conditioning(text.encode(model.text_encoder, ids, self.config.clip_skip))
+            assert model.tokenizer_2 is not None
+            ids_2 = text.tokenize(model.tokenizer_2, captions, length)
+            return Conditioning(*text.encode_sdxl(model.text_encoder, model.text_encoder_2, ids, ids_2))
 
-    def _text_states(self, captions: list[str]) -> torch.Tensor:
+    def _text_states(self, captions: list[str]) -> Conditioning:
         if self.text_cache is not None:
-            return torch.stack([self.text_cache[c] for c in captions]).to(self.device)
+            return Conditioning.stack([self.text_cache[c] for c in captions]).to(self.device)
         return self._encode_captions(captions)
 
     def _epoch_batches(self, epoch: int) -> list[list[int]]:
@@ -401,10 +457,17 @@ class Trainer:
         flips = [(i.augment or config).flip_aug and bool(torch.rand((), generator=caption_rng) < 0.5) for i in batch]
         if all(self._has_cached_latents(item) for item in batch):
             latents = torch.stack([self._cached_latents(i, f) for i, f in zip(batch, flips, strict=True)])
-            return PreparedBatch(batch, captions, _pinned(latents), None)
+            return PreparedBatch(batch, captions, _pinned(latents), None, self._time_ids(batch, flips))
         pixels = torch.stack([data.load_pixels(item, caption_rng) for item in batch])  # random_crop, color_aug
         pixels = torch.stack([torch.flip(p, dims=[2]) if f else p for p, f in zip(pixels, flips, strict=True)])
-        return PreparedBatch(batch, captions, None, _pinned(pixels))
+        return PreparedBatch(batch, captions, None, _pinned(pixels), self._time_ids(batch, flips))
+
+    def _time_ids(self, batch: list[data.TrainItem], flips: list[bool]) -> torch.Tensor | None:
+        if not self.sdxl:
+            return None
+        return torch.tensor(
+            [data.size_conditioning(i, f) for i, f in zip(batch, flips, strict=True)], dtype=torch.float32
+        )
 
     def _latents(self, prepared: PreparedBatch) -> torch.Tensor:
         if prepared.latents is not None:
@@ -426,9 +489,9 @@ class Trainer:
         timesteps = cpu_timesteps.to(self.device)
         noisy = self.noise_scheduler.add_noise(latents, self._perturbed(noise), timesteps)
 
-        states = self._text_states(captions)
+        conditioning = self._text_states(captions)
         with self.accelerator.autocast():
-            prediction = self._predict(noisy, timesteps, states)
+            prediction = self._predict(noisy, timesteps, conditioning, prepared.time_ids)
 
         v_target = self.model.v_prediction
         target = self.noise_scheduler.get_velocity(latents, noise, timesteps) if v_target else noise
@@ -472,11 +535,17 @@ class Trainer:
             self.noise_scheduler.alphas_cumprod, self.noise_scheduler.config.num_train_timesteps,
         )  # fmt: skip
 
-    def _predict(self, noisy: torch.Tensor, timesteps: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
+    def _predict(
+        self, noisy: torch.Tensor, timesteps: torch.Tensor, conditioning: Conditioning, time_ids: torch.Tensor | None
+    ) -> torch.Tensor:
         """The UNet's prediction, through torch.compile when dynamo_backend asks for it. Compilation happens at the
-        first call (and again for a new bucket size); if it fails there, say so and go on uncompiled."""
+        first call (and again for a new bucket size); if it fails there, say so and go on uncompiled. SDXL's UNet
+        also takes the pooled text and the size ids, which it embeds as kohya's get_size_embeddings does."""
+        kwargs: dict[str, Any] = {"encoder_hidden_states": conditioning.states}
+        if conditioning.pooled is not None and time_ids is not None:
+            kwargs["added_cond_kwargs"] = {"text_embeds": conditioning.pooled, "time_ids": time_ids.to(noisy.device)}
         try:
-            return self.unet_forward(noisy, timesteps, encoder_hidden_states=states).sample
+            return self.unet_forward(noisy, timesteps, **kwargs).sample
         except Exception as e:
             if self.unet_forward is self.model.unet or self.compiled_once or _is_out_of_memory(e):
                 raise
@@ -485,7 +554,7 @@ class Trainer:
                 f"{str(e).strip().splitlines()[0][:300] if str(e).strip() else ''}); training without compilation."
             )
             self.unet_forward = self.model.unet
-            return self.model.unet(noisy, timesteps, encoder_hidden_states=states).sample
+            return self.model.unet(noisy, timesteps, **kwargs).sample
         finally:
             self.compiled_once = True
 
@@ -936,6 +1005,23 @@ def _with_vae(model: SDModel, vae: str | None) -> SDModel:
     from lib_sdtrain.models.loading import load_vae
 
     return dataclasses.replace(model, vae=load_vae(vae))
+
+
+def _check_sdxl_run(config: TrainConfig, model: SDModel) -> None:
+    """What SDXL training does not take yet, or takes differently from SD 1.x/2.x, refused before anything loads."""
+    name = model.source_name or model.source or "The base model"
+    if not config.is_lora:
+        raise UnsupportedModelError(f"{name} is an SDXL model: SD-Train trains SDXL LoRAs, not full fine-tunes yet.")
+    if config.enable_bucket and config.bucket_reso_steps % 32:
+        raise ConfigError(
+            f"bucket_reso_steps = {config.bucket_reso_steps}: SDXL's buckets are multiples of 32 pixels (kohya checks "
+            "the same); choose 32 or 64."
+        )
+    if config.clip_skip > 1:
+        raise ConfigError(
+            f"clip_skip = {config.clip_skip} is for SD 1.x/2.x: SDXL conditions on the penultimate layer of both its "
+            "text encoders, as kohya's sdxl_train_network.py does; remove clip_skip."
+        )
 
 
 def _load_model(config: TrainConfig) -> SDModel:

@@ -283,6 +283,13 @@ def _network_args(config: TrainConfig, spec) -> dict[str, str]:
     return args
 
 
+def base_model_version(model: SDModel) -> str:
+    """kohya's ss_base_model_version: sd_v1, sd_v2, sd_v2_v (768-v) or sdxl_base_v1-0."""
+    if model.version == "sdxl":
+        return "sdxl_base_v1-0"
+    return "sd_v1" if model.version == "sd1" else "sd_v2_v" if model.v_prediction else "sd_v2"
+
+
 def lora_metadata(trainer: Trainer, finished: bool) -> dict[str, str]:
     config, model = trainer.config, trainer.model
     resolution = config.resolution_size
@@ -309,7 +316,7 @@ def lora_metadata(trainer: Trainer, finished: bool) -> dict[str, str]:
         "ss_mixed_precision": config.mixed_precision,
         "ss_full_fp16": str(bool(_value(config, "full_fp16", False))),
         "ss_v2": str(model.version == "sd2"),
-        "ss_base_model_version": {"sd1": "sd_v1", "sd2": "sd_v2_v" if model.v_prediction else "sd_v2"}[model.version],
+        "ss_base_model_version": base_model_version(model),
         "ss_clip_skip": str(config.clip_skip),
         "ss_max_token_length": str(config.max_token_length),
         "ss_cache_latents": str(not trainer.vae_needed()),

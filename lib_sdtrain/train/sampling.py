@@ -196,12 +196,15 @@ def generate_samples(
     for index, sample in enumerate(prompts):
         seed = sample.seed if sample.seed is not None else step * 100 + index
         pipe.scheduler = sample_scheduler(sample.sampler or sampler, model.v_prediction)
-        states = weighted_prompt_states(
-            model.tokenizer, model.text_encoder, [sample.prompt, sample.negative], clip_skip
-        )
+        if model.version == "sdxl":  # the SDXL pipeline encodes the prompts itself (75 tokens, no weights yet)
+            texts: dict[str, Any] = {"prompt": sample.prompt, "negative_prompt": sample.negative}
+        else:
+            states = weighted_prompt_states(
+                model.tokenizer, model.text_encoder, [sample.prompt, sample.negative], clip_skip
+            )
+            texts = {"prompt_embeds": states[:1], "negative_prompt_embeds": states[1:]}
         image = pipe(
-            prompt_embeds=states[:1],
-            negative_prompt_embeds=states[1:],
+            **texts,
             width=max(64, sample.width - sample.width % 8),
             height=max(64, sample.height - sample.height % 8),
             num_inference_steps=sample.steps,

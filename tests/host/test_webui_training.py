@@ -194,7 +194,7 @@ def test_intermediate_saves_follow_only_with_the_setting(loaded, webui, sks_data
 @pytest.mark.parametrize(
     ("situation", "message"),
     [
-        ("sdxl", r"tiny\.safetensors is SDXL; SD-Train trains SD 1\.x and 2\.x"),
+        ("sdxl", r"tiny\.safetensors is SDXL: SD-Train trains SDXL LoRAs from the checkpoint's file"),
         ("sd3", r"is SD3"),
         ("medvram", r"--medvram.*Choose the checkpoint's file instead \(.*tiny\.safetensors\)"),
         ("lowvram", r"--lowvram.*restart the WebUI without --lowvram"),

@@ -1,5 +1,6 @@
 """SDXL models: a diffusers SDXL folder and its SGM single file (the layout the WebUI, kohya and ComfyUI load) turn
-into each other exactly, generate the same images, and are recognised as SDXL; training one is refused by name."""
+into each other exactly, generate the same images, cache latents and are recognised as SDXL (training:
+tests/train/test_sdxl_lora.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from lib_sdtrain.demo.tiny_models import write_tiny_sdxl_diffusers_model
-from lib_sdtrain.errors import ModelLoadError, UnsupportedModelError
+from lib_sdtrain.errors import ModelLoadError
 from lib_sdtrain.generate.pipeline import build_pipeline
 from lib_sdtrain.models.loading import load_sd_model, load_vae
 from lib_sdtrain.models.saving import save_sd_checkpoint
@@ -106,22 +107,6 @@ def test_an_incomplete_sdxl_file_is_named(sdxl_file, tmp_path):
     save_file(tensors, str(tmp_path / "half.safetensors"))
     with pytest.raises(ModelLoadError, match=r"half\.safetensors is an incomplete SDXL checkpoint.*embedders\.1"):
         load_sd_model(tmp_path / "half.safetensors")
-
-
-def test_training_an_sdxl_model_is_refused_by_name_before_any_step(sdxl_folder, tmp_path):
-    from lib_sdtrain.train.loop import Trainer
-    from lib_sdtrain.train.settings import load_config
-
-    images = tmp_path / "data" / "10_sks"
-    images.mkdir(parents=True)
-    Image.new("RGB", (64, 64), "red").save(images / "a.png")
-    (images / "a.caption").write_text("sks")
-    config = load_config(None, {"pretrained_model_name_or_path": str(sdxl_folder), "resolution": "64",
-                                "train_data_dir": str(tmp_path / "data"), "output_dir": str(tmp_path / "out"),
-                                "network_module": "networks.lora"})  # fmt: skip
-    with pytest.raises(UnsupportedModelError, match=r"is an SDXL model\. .*training them is not supported yet"):
-        Trainer(config, None, None)
-    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
 def test_every_weight_of_a_full_size_sdxl_has_its_place_in_the_sgm_layout():

@@ -294,3 +294,109 @@ def lora_module_forward(self, x):
     lx = self.lora_up(lx)
 
     return org_forwarded + lx * self.multiplier * scale
+
+
+# --- library/sdxl_train_util.py and the SDXL parts of library/train_util.py --------------------------------------
+
+
+# kohya sd-scripts v0.8.7, library/sdxl_train_util.py, timestep_embedding (SGM's sinusoidal embedding).
+def timestep_embedding(timesteps, dim, max_period=10000):
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(start=0, end=half, dtype=torch.float32) / half).to(
+        device=timesteps.device
+    )
+    args = timesteps[:, None].float() * freqs[None]
+    embedding = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+    if dim % 2:
+        embedding = torch.cat([embedding, torch.zeros_like(embedding[:, :1])], dim=-1)
+    return embedding
+
+
+# kohya sd-scripts v0.8.7, library/sdxl_train_util.py, get_timestep_embedding.
+def get_timestep_embedding(x, outdim):
+    assert len(x.shape) == 2
+    b, dims = x.shape[0], x.shape[1]
+    x = torch.flatten(x)
+    emb = timestep_embedding(x, outdim)
+    emb = torch.reshape(emb, (b, dims * outdim))
+    return emb
+
+
+# kohya sd-scripts v0.8.7, library/sdxl_train_util.py, get_size_embeddings.
+def get_size_embeddings(orig_size, crop_size, target_size, device):
+    emb1 = get_timestep_embedding(orig_size, 256)
+    emb2 = get_timestep_embedding(crop_size, 256)
+    emb3 = get_timestep_embedding(target_size, 256)
+    vector = torch.cat([emb1, emb2, emb3], dim=1).to(device)
+    return vector
+
+
+# kohya sd-scripts v0.8.7, library/train_util.py, BaseDataset.__getitem__: the size ids of one item, from its
+# original size (w, h), crop_ltrb and target size (w, h) (the lines that fill original_sizes_hw, crop_top_lefts
+# and target_sizes_hw).
+def size_ids(original_size, crop_ltrb, target_size, flipped):
+    if not flipped:  # noqa: SIM108 (kohya's statements)
+        crop_left_top = (crop_ltrb[0], crop_ltrb[1])
+    else:
+        # crop_ltrb[2] is right, so target_size[0] - crop_ltrb[2] is left in flipped image
+        crop_left_top = (target_size[0] - crop_ltrb[2], crop_ltrb[1])
+    original_size_hw = (int(original_size[1]), int(original_size[0]))
+    crop_top_left = (int(crop_left_top[1]), int(crop_left_top[0]))
+    target_size_hw = (int(target_size[1]), int(target_size[0]))
+    return original_size_hw, crop_top_left, target_size_hw
+
+
+# kohya sd-scripts v0.8.7, library/train_util.py, pool_workaround.
+def pool_workaround(text_encoder, last_hidden_state, input_ids, eos_token_id):
+    eos_token_mask = (input_ids == eos_token_id).int()
+    eos_token_index = torch.argmax(eos_token_mask, dim=1)  # this will be 0 if there is no EOS token, it's fine
+    eos_token_index = eos_token_index.to(device=last_hidden_state.device)
+    pooled_output = last_hidden_state[
+        torch.arange(last_hidden_state.shape[0], device=last_hidden_state.device), eos_token_index
+    ]
+    pooled_output = text_encoder.text_projection(pooled_output.to(text_encoder.text_projection.weight.dtype))
+    pooled_output = pooled_output.to(last_hidden_state.dtype)
+    return pooled_output
+
+
+# kohya sd-scripts v0.8.7, library/train_util.py, get_hidden_states_sdxl (weight_dtype casting left out). Its
+# hidden_states[11] is CLIP-L's penultimate layer (12 layers); written [-2] here, the same layer for CLIP-L, so that
+# the tiny test encoders take their penultimate one too.
+def get_hidden_states_sdxl(
+    max_token_length, input_ids1, input_ids2, tokenizer1, tokenizer2, text_encoder1, text_encoder2
+):  # fmt: skip
+    b_size = input_ids1.size()[0]
+    input_ids1 = input_ids1.reshape((-1, tokenizer1.model_max_length))  # batch_size*n, 77
+    input_ids2 = input_ids2.reshape((-1, tokenizer2.model_max_length))  # batch_size*n, 77
+
+    enc_out = text_encoder1(input_ids1, output_hidden_states=True, return_dict=True)
+    hidden_states1 = enc_out["hidden_states"][-2]
+
+    enc_out = text_encoder2(input_ids2, output_hidden_states=True, return_dict=True)
+    hidden_states2 = enc_out["hidden_states"][-2]  # penultimate layer
+    pool2 = pool_workaround(text_encoder2, enc_out["last_hidden_state"], input_ids2, tokenizer2.eos_token_id)
+
+    # b*n, 77, 768 or 1280 -> b, n*77, 768 or 1280
+    n_size = 1 if max_token_length is None else max_token_length // 75
+    hidden_states1 = hidden_states1.reshape((b_size, -1, hidden_states1.shape[-1]))
+    hidden_states2 = hidden_states2.reshape((b_size, -1, hidden_states2.shape[-1]))
+
+    if max_token_length is not None:
+        # bs*3, 77, 768 or 1024 -> bs, 77*3, 768 or 1024 -> bs, 3*75+2, 768 or 1024 (the first BOS, the last EOS)
+        states_list = [hidden_states1[:, 0].unsqueeze(1)]  # <BOS>
+        for i in range(1, max_token_length, tokenizer1.model_max_length):
+            states_list.append(hidden_states1[:, i : i + tokenizer1.model_max_length - 2])  # after <BOS>, up to <EOS>
+        states_list.append(hidden_states1[:, -1].unsqueeze(1))  # <EOS>
+        hidden_states1 = torch.cat(states_list, dim=1)
+
+        states_list = [hidden_states2[:, 0].unsqueeze(1)]  # <BOS>
+        for i in range(1, max_token_length, tokenizer2.model_max_length):
+            chunk = hidden_states2[:, i : i + tokenizer2.model_max_length - 2]  # after <BOS>, up to the last
+            states_list.append(chunk)  # after <BOS>, up to <EOS>
+        states_list.append(hidden_states2[:, -1].unsqueeze(1))  # <EOS> or <PAD>
+        hidden_states2 = torch.cat(states_list, dim=1)
+
+        # pool: the first of the n chunks
+        pool2 = pool2[::n_size]
+
+    return hidden_states1, hidden_states2, pool2

@@ -123,7 +123,7 @@ def test_timesteps_stay_within_min_and_max(tiny_sd_dir, sks_dataset, tmp_path):
     trainer.setup()
     seen = []
     real_predict = trainer._predict
-    trainer._predict = lambda noisy, timesteps, states: seen.append(timesteps) or real_predict(noisy, timesteps, states)
+    trainer._predict = lambda noisy, timesteps, *rest: seen.append(timesteps) or real_predict(noisy, timesteps, *rest)
     batches = trainer._epoch_batches(0)
     for i in range(3):
         trainer._loss(trainer._prepare_batch(batches, 0, i))

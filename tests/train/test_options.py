@@ -247,7 +247,9 @@ def test_cli_false_overrides_the_config_file(tmp_path):
 # --- presets ----------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["sd15-character-lora", "sd15-style-lora", "sd15-full-finetune"])
+@pytest.mark.parametrize(
+    "name", ["sd15-character-lora", "sd15-style-lora", "sd15-full-finetune", "sdxl-character-lora", "sdxl-style-lora"]
+)
 def test_builtin_presets_load_and_validate(name):
     preset = next(p for p in presets.list_presets(None) if p.name == name)
     assert preset.builtin and preset.description and not preset.error
