@@ -51,12 +51,15 @@ class LoadedCheckpoint:
 @dataclass
 class LoadedWeights:
     state_dict: Mapping[str, torch.Tensor]
-    """ldm layout (model.diffusion_model.*, first_stage_model.*, cond_stage_model.*), CPU tensors of their own."""
+    """ldm/SGM layout (model.diffusion_model.*, first_stage_model.*, cond_stage_model.* or conditioner.*), CPU
+    tensors of their own."""
     tokenizer: Any
     """A transformers CLIPTokenizer when the host has one (SD1 in the WebUI), else None."""
     checkpoint: LoadedCheckpoint
     from_file: bool
     """True when the weights were read from the checkpoint file instead of the host's memory."""
+    tokenizer_2: Any = None
+    """SDXL's second tokenizer when the host has one (the WebUI's open_clip one, as a CLIPTokenizer), else None."""
 
 
 class GpuBusyError(SDTrainError):

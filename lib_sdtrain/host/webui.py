@@ -84,17 +84,12 @@ def loaded_model_problem() -> str | None:
             f"train from it. Choose the checkpoint's file instead ({checkpoint.path}), or restart the WebUI "
             f"without --{flag}."
         )
-    if checkpoint.version in ("sdxl", "sd3"):
+    if checkpoint.version == "sd3":
         return _unsupported_version_message(checkpoint)
     return None
 
 
 def _unsupported_version_message(checkpoint: LoadedCheckpoint) -> str:
-    if checkpoint.version == "sdxl":
-        return (
-            f"The WebUI's loaded model {checkpoint.name} is SDXL: SD-Train trains SDXL LoRAs from the checkpoint's "
-            "file, not yet from the WebUI's loaded weights. Choose the checkpoint's file in the list."
-        )
     return (
         f"The WebUI's loaded model {checkpoint.name} is {checkpoint.version.upper()}; SD-Train trains SD 1.x, 2.x "
         "and SDXL models. Load one of those in the WebUI, or choose a model file."
@@ -122,7 +117,7 @@ def loaded_model_ldm_state_dict() -> LoadedWeights | None:
     checkpoint = loaded_checkpoint()
     if model is None or checkpoint is None:
         return None
-    if checkpoint.version in ("sdxl", "sd3"):
+    if checkpoint.version == "sd3":
         raise UnsupportedModelError(_unsupported_version_message(checkpoint))
     live = None if _uses_fp8() else _live_state_dict(model)
     from_file = live is None
@@ -134,7 +129,9 @@ def loaded_model_ldm_state_dict() -> LoadedWeights | None:
     else:
         state_dict = {k: v for k, v in live.items() if "." in k} | _schedule_buffers_from_file(checkpoint.path)
     tokenizer = _tokenizer_of(model)
-    return LoadedWeights(state_dict=state_dict, tokenizer=tokenizer, checkpoint=checkpoint, from_file=from_file)
+    tokenizer_2 = _openclip_tokenizer_as_clip() if checkpoint.version == "sdxl" else None
+    return LoadedWeights(state_dict=state_dict, tokenizer=tokenizer, checkpoint=checkpoint, from_file=from_file,
+                         tokenizer_2=tokenizer_2)  # fmt: skip
 
 
 def _schedule_buffers_from_file(path: Path) -> dict[str, torch.Tensor]:
@@ -193,11 +190,15 @@ def _lora_backups(module: torch.nn.Module) -> dict[str, torch.Tensor | None]:
 
 def _tokenizer_of(model: Any) -> Any:
     """SD1: the model's transformers CLIPTokenizer (cond_stage_model[.wrapped].tokenizer, modules/sd_hijack_clip.py).
-    SD2: the WebUI tokenizes with open_clip's (see _openclip_tokenizer_as_clip). None when neither is there; the
-    loader then looks for a tokenizer itself."""
+    SDXL: its first embedder's (conditioner.embedders[0][.wrapped].tokenizer). SD2: the WebUI tokenizes with
+    open_clip's (see _openclip_tokenizer_as_clip). None when neither is there; the loader then looks for a
+    tokenizer itself."""
     from transformers import PreTrainedTokenizerBase
 
     cond = getattr(model, "cond_stage_model", None)
+    embedders = getattr(getattr(model, "conditioner", None), "embedders", None)
+    if _model_version(model) == "sdxl" and isinstance(embedders, torch.nn.Module):
+        cond = next(iter(embedders.children()), None)  # the first embedder (a ModuleList in sgm)
     tokenizer = getattr(getattr(cond, "wrapped", cond), "tokenizer", None)
     if isinstance(tokenizer, PreTrainedTokenizerBase):
         return tokenizer
@@ -244,6 +245,7 @@ def load_webui_model(dtype: torch.dtype = torch.float32):
     model = sd_model_from_ldm(
         weights.state_dict,
         tokenizer=weights.tokenizer,
+        tokenizer_2=weights.tokenizer_2,
         prediction_type=checkpoint.prediction_type,
         dtype=dtype,
         source=str(checkpoint.path),

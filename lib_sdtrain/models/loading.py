@@ -115,6 +115,7 @@ def sd_model_from_ldm(
     prediction_type: PredictionType | None = None,
     dtype: torch.dtype = torch.float32,
     source: str = "",
+    tokenizer_2: CLIPTokenizer | None = None,
     vae_scaling_factor: float | None = None,
     scheduler_config: dict[str, Any] | None = None,
     tokenizer_search_dir: Path | None = None,
@@ -135,7 +136,7 @@ def sd_model_from_ldm(
     )
     text_encoder_2, tokenizer_2 = None, None
     if version == "sdxl":
-        tokenizer_2 = resolve_second_tokenizer(tokenizer, text_tokenizer, tokenizer_search_dir)
+        tokenizer_2 = tokenizer_2 or resolve_second_tokenizer(tokenizer, text_tokenizer, tokenizer_search_dir)
         text2_config = infer_sdxl_text2_config(state_dict, _token_ids(tokenizer_2))
         text_encoder_2 = _build(CLIPTextModelWithProjection, text2_config)
         _load_component(text_encoder_2, state_dict, ldm_keys.sdxl_text2_ldm_ref, consumed, dtype)

@@ -124,11 +124,13 @@ class FakeWebUIModel(TensorTree):
 
 
 def hijacked_key(ldm_key: str) -> str:
-    """The name modules/sd_hijack.py gives an SD1 text-encoder tensor while the hijack is applied."""
-    if not ldm_key.startswith("cond_stage_model."):
-        return ldm_key
-    key = "cond_stage_model.wrapped." + ldm_key[len("cond_stage_model.") :]
-    return key.replace(".token_embedding.weight", ".token_embedding.wrapped.weight")
+    """The name modules/sd_hijack.py gives a text-encoder tensor while the hijack is applied: SD1's
+    cond_stage_model and each of SDXL's conditioner.embedders behind a `.wrapped`, their token embeddings too."""
+    for prefix in ("cond_stage_model.", "conditioner.embedders.0.", "conditioner.embedders.1."):
+        if ldm_key.startswith(prefix):
+            key = prefix + "wrapped." + ldm_key[len(prefix) :]
+            return key.replace(".token_embedding.weight", ".token_embedding.wrapped.weight")
+    return ldm_key
 
 
 def make_webui_model(
@@ -143,7 +145,8 @@ def make_webui_model(
     for key, tensor in ldm_state_dict.items():
         tensor = tensor.clone()
         model.put(hijacked_key(key), tensor.half() if half and tensor.is_floating_point() else tensor)
-    model.cond_stage_model.wrapped.tokenizer = tokenizer
+    first_encoder = "conditioner.embedders.0.wrapped" if version == "sdxl" else "cond_stage_model.wrapped"
+    model.get_submodule(first_encoder).tokenizer = tokenizer
     model.sd_checkpoint_info = stub.sd_models.CheckpointInfo(str(checkpoint_file))
     model.sd_model_checkpoint = str(checkpoint_file)
     model.sd_model_hash = model.sd_checkpoint_info.calculate_shorthash()
@@ -183,6 +186,30 @@ def tiny_ldm(tiny_model) -> dict[str, torch.Tensor]:
     from lib_sdtrain.models.saving import sd_model_to_ldm
 
     return {k: v.contiguous() for k, v in sd_model_to_ldm(tiny_model).items()}
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl_model(tmp_path_factory):
+    from lib_sdtrain.demo.tiny_models import write_tiny_sdxl_diffusers_model
+    from lib_sdtrain.models.loading import load_sd_model
+
+    return load_sd_model(write_tiny_sdxl_diffusers_model(tmp_path_factory.mktemp("models") / "tiny-sdxl"))
+
+
+@pytest.fixture
+def loaded_sdxl(webui, tiny_sdxl_model) -> FakeWebUIModel:
+    """The stand-in WebUI with a tiny SDXL loaded from models/Stable-diffusion/tiny-xl.safetensors (SGM layout:
+    conditioner.embedders.0/1 behind the hijack's wrappers, is_sdxl)."""
+    from lib_sdtrain.models.saving import sd_model_to_ldm
+
+    ldm = {k: v.contiguous() for k, v in sd_model_to_ldm(tiny_sdxl_model).items()}
+    folder = Path(webui.sd_models.model_path)
+    folder.mkdir(parents=True)
+    checkpoint = folder / "tiny-xl.safetensors"
+    save_file(ldm, str(checkpoint))
+    model = make_webui_model(webui, ldm, tiny_sdxl_model.tokenizer, checkpoint, version="sdxl")
+    webui.sd_models.model_data.set_sd_model(model)
+    return model
 
 
 @pytest.fixture

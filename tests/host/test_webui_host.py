@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import save_file
 
 from lib_sdtrain import host
-from lib_sdtrain.errors import Cancelled, SDTrainError, UnsupportedModelError
+from lib_sdtrain.errors import Cancelled, SDTrainError
 from lib_sdtrain.host import standalone
 from lib_sdtrain.host import webui as adapter
 from lib_sdtrain.host.types import Host
@@ -101,10 +101,18 @@ def test_fp8_weights_are_read_from_the_checkpoint_file_instead(loaded, webui, ti
     assert all(torch.equal(weights.state_dict[k], v) for k, v in tiny_ldm.items())  # full precision, from disk
 
 
-def test_an_sdxl_model_is_refused_clearly(loaded):
-    loaded.is_sd1, loaded.is_sdxl = False, True
-    with pytest.raises(UnsupportedModelError, match=r"is SDXL: SD-Train trains SDXL LoRAs from the checkpoint.s file"):
-        adapter.loaded_model_ldm_state_dict()
+def test_a_loaded_sdxl_hands_over_its_sgm_weights_and_first_tokenizer(loaded_sdxl, tiny_sdxl_model):
+    weights = adapter.loaded_model_ldm_state_dict()
+    assert weights.checkpoint.version == "sdxl" and not weights.from_file
+    assert weights.tokenizer is tiny_sdxl_model.tokenizer  # conditioner.embedders[0].wrapped.tokenizer
+    keys = set(weights.state_dict)
+    assert "conditioner.embedders.1.model.text_projection" in keys and not any(".wrapped" in k for k in keys)
+    model = adapter.load_webui_model()
+    assert model.version == "sdxl" and model.text_encoder_2 is not None and model.tokenizer_2 is not None
+    assert torch.equal(
+        model.text_encoder_2.text_projection.weight,
+        tiny_sdxl_model.text_encoder_2.text_projection.weight.half().float(),
+    )
 
 
 def test_the_loaded_model_becomes_an_sdmodel_without_reading_the_file(loaded, tiny_model, monkeypatch):

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from safetensors import safe_open
 
 from lib_sdtrain.host import standalone
@@ -85,6 +86,29 @@ def test_a_lora_from_the_loaded_checkpoint_names_it_and_appears_in_the_lora_tab(
     assert lora.with_suffix(".preview.png").read_bytes() == Path(result["samples"][-1]).read_bytes()
     assert "sks" in webui.networks.available_networks  # the Lora list was rescanned
     assert not list(adapter.lora_dir().glob("*-state"))
+
+
+def test_an_sdxl_lora_from_the_loaded_sdxl_checkpoint_gives_the_model_back_untouched(
+    loaded_sdxl, webui, sks_dataset, tmp_path, start_train
+):
+    """The loaded SDXL (SGM layout, both embedders behind the WebUI's wrappers) trains a LoRA: kohya's SDXL names
+    and metadata, an SDXL card; the WebUI's weights leave the GPU, come back and are not changed."""
+    from lib_sdtrain.host import webui as adapter
+
+    before = {k: v.clone() for k, v in loaded_sdxl.state_dict().items()}
+    job = start_train(options(sks_dataset, tmp_path / "out", max_train_steps=2, network_train_unet_only=True))
+    snap = finished(job)
+
+    assert snap["status"] == DONE, snap["error"]
+    assert loaded_sdxl.moves == [webui.devices.cpu, webui.shared.device]
+    after = loaded_sdxl.state_dict()
+    assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
+    lora = adapter.lora_dir() / "sks.safetensors"
+    meta = header(lora)
+    assert meta["ss_base_model_version"] == "sdxl_base_v1-0" and meta["ss_sd_model_name"] == "tiny-xl.safetensors"
+    assert json.loads(lora.with_suffix(".json").read_text())["sd version"] == "SDXL"
+    with safe_open(str(lora), "pt") as f:
+        assert any(k.startswith("lora_unet_input_blocks_") for k in f.keys())  # noqa: SIM118 (not a dict)
 
 
 def test_cancel_gives_the_model_back_and_a_generation_waits_for_training(
@@ -194,16 +218,15 @@ def test_intermediate_saves_follow_only_with_the_setting(loaded, webui, sks_data
 @pytest.mark.parametrize(
     ("situation", "message"),
     [
-        ("sdxl", r"tiny\.safetensors is SDXL: SD-Train trains SDXL LoRAs from the checkpoint's file"),
         ("sd3", r"is SD3"),
         ("medvram", r"--medvram.*Choose the checkpoint's file instead \(.*tiny\.safetensors\)"),
         ("lowvram", r"--lowvram.*restart the WebUI without --lowvram"),
         ("nothing loaded", r"No checkpoint is loaded in the WebUI yet"),
     ],
-    ids=["sdxl", "sd3", "medvram", "lowvram", "nothing-loaded"],
+    ids=["sd3", "medvram", "lowvram", "nothing-loaded"],
 )
 def test_what_cannot_train_is_refused_on_the_base_model_field(loaded, webui, sks_dataset, tmp_path, situation, message):
-    if situation in ("sdxl", "sd3"):
+    if situation == "sd3":
         loaded.is_sd1 = False
         setattr(loaded, f"is_{situation}", True)
     elif situation == "nothing loaded":
