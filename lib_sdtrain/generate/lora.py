@@ -38,11 +38,6 @@ def apply_lora(model: SDModel, lora_path: str | os.PathLike[str], weight: float 
     """Apply a LoRA file to `model`'s UNet and text encoder for the duration of the `with` block. Raises
     SDTrainError before changing anything when the file does not fit the model. Contexts can be nested."""
     path = Path(lora_path)
-    if model.version == "sdxl":
-        raise SDTrainError(
-            f"Applying a LoRA ({path.name}) to an SDXL model is not supported here yet; generate with the SDXL model "
-            "alone, or use the LoRA in the WebUI."
-        )
     state, metadata = load_lora(path)
     updates = _match_layers(_group_modules(state, path), model, path, metadata)
     handles = []
@@ -95,7 +90,7 @@ def _group_modules(state: dict[str, torch.Tensor], path: Path) -> dict[str, dict
 def _match_layers(
     modules: dict[str, dict[str, torch.Tensor]], model: SDModel, path: Path, metadata: dict[str, str]
 ) -> dict[nn.Linear | nn.Conv2d, tuple[torch.Tensor, torch.Tensor, float]]:
-    layers = model_target_layers(model.unet, model.text_encoder)
+    layers = model_target_layers(model.unet, model.text_encoder, model.text_encoder_2, model.lora_unet_names())
     unknown = sorted(name for name in modules if name not in layers)
     if unknown:
         made_for = metadata.get("ss_base_model_version") or metadata.get("modelspec.architecture")

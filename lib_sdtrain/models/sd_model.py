@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Literal
 
 import torch
@@ -62,6 +64,16 @@ class SDModel:
             "prediction_type": self.prediction_type,
         }
         return DDPMScheduler(**config)
+
+    def lora_unet_names(self) -> Callable[[str], str] | None:
+        """How kohya names this model's UNet modules in a LoRA: SDXL by their SGM paths (input_blocks_4_1_...),
+        SD 1.x/2.x by their diffusers paths (None: as they are)."""
+        if self.version != "sdxl":
+            return None
+        from lib_sdtrain.models import ldm_keys
+        from lib_sdtrain.models.configs import unet_layout
+
+        return partial(ldm_keys.unet_sgm_module_path, layout=unet_layout(self.unet.config))
 
     @property
     def text_encoders(self) -> list[CLIPTextModel]:

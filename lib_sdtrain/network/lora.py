@@ -158,7 +158,7 @@ class LoRANetwork(nn.Module):
         self.spec = spec
         unet_targets = UNET_TARGETS + (UNET_CONV_TARGETS if spec.conv_rank else ())
         encoders = [e for e in (text_encoder, text_encoder_2) if e is not None] if spec.train_text_encoder else []
-        prefixes = [TEXT_ENCODER_PREFIX] if text_encoder_2 is None else [f"{TEXT_ENCODER_PREFIX}{i}" for i in (1, 2)]
+        prefixes = text_encoder_prefixes(text_encoder_2 is not None)
         if spec.module_ranks is None:  # before any module is made: a typo'd rank would fill the memory first
             layers = list(target_layers(unet, UNET_PREFIX, unet_targets, unet_names)) if spec.train_unet else []
             for encoder, prefix in zip(encoders, prefixes, strict=False):
@@ -323,11 +323,22 @@ def target_layers(
                 yield f"{prefix}.{names(path) if names else path}".replace(".", "_"), child
 
 
-def model_target_layers(unet: nn.Module, text_encoder: nn.Module | None) -> dict[str, nn.Linear | nn.Conv2d]:
-    """Every layer a kohya LoRA or LoCon for this model may change, by kohya name."""
-    layers = dict(target_layers(unet, UNET_PREFIX, UNET_TARGETS + UNET_CONV_TARGETS))
-    if text_encoder is not None:
-        layers.update(target_layers(text_encoder, TEXT_ENCODER_PREFIX, TEXT_ENCODER_TARGETS))
+def text_encoder_prefixes(two_encoders: bool) -> list[str]:
+    """kohya's text-encoder prefixes: lora_te for SD 1.x/2.x, lora_te1 and lora_te2 for SDXL's two."""
+    return [f"{TEXT_ENCODER_PREFIX}{i}" for i in (1, 2)] if two_encoders else [TEXT_ENCODER_PREFIX]
+
+
+def model_target_layers(
+    unet: nn.Module,
+    text_encoder: nn.Module | None,
+    text_encoder_2: nn.Module | None = None,
+    unet_names: Callable[[str], str] | None = None,
+) -> dict[str, nn.Linear | nn.Conv2d]:
+    """Every layer a kohya LoRA or LoCon for this model may change, by kohya name (see LoRANetwork)."""
+    layers = dict(target_layers(unet, UNET_PREFIX, UNET_TARGETS + UNET_CONV_TARGETS, unet_names))
+    encoders = [e for e in (text_encoder, text_encoder_2) if e is not None]
+    for encoder, prefix in zip(encoders, text_encoder_prefixes(text_encoder_2 is not None), strict=False):
+        layers.update(target_layers(encoder, prefix, TEXT_ENCODER_TARGETS))
     return layers
 
 

@@ -17,15 +17,12 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from lib_sdtrain.errors import Cancelled, ConfigError, OutputError, SDTrainError, UnsupportedModelError
-from lib_sdtrain.models import ldm_keys
-from lib_sdtrain.models.configs import unet_layout
 from lib_sdtrain.models.sd_model import PredictionType, SDModel
 from lib_sdtrain.network.kohya_file import SAVE_DTYPES, load_lora
 from lib_sdtrain.network.lora import LoRANetwork, NetworkSpec, ranks_from_weights
@@ -195,10 +192,7 @@ class Trainer:
             weights = load_lora(config.network_weights)[0] if config.network_weights else None
             if weights is not None and config.dim_from_weights:
                 spec = _spec_from_weights(spec, weights)
-            unet_names = None
-            if self.sdxl:  # kohya names an SDXL LoRA's UNet modules by their SGM paths
-                layout = unet_layout(model.unet.config)
-                unet_names = partial(ldm_keys.unet_sgm_module_path, layout=layout)
+            unet_names = model.lora_unet_names()  # SDXL: kohya's SGM names
             self.network = LoRANetwork(model.unet, model.text_encoder, spec, model.text_encoder_2, unet_names)
             self.network.to(self.device).attach()
             self.network.set_multiplier(config.network_multiplier)

@@ -4,6 +4,7 @@ tests/train/test_sdxl_lora.py)."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -162,11 +163,15 @@ def test_every_weight_of_a_full_size_sdxl_has_its_place_in_the_sgm_layout():
     ]
 
 
-def test_the_generate_stage_draws_with_an_sdxl_file_and_refuses_a_lora_on_it(sdxl_file, sdxl_folder, tmp_path):
+def test_the_generate_stage_draws_with_an_sdxl_file_and_its_lora(sdxl_file, sdxl_folder, tmp_path):
+    """Generate with an SDXL file alone, then with an SDXL LoRA in kohya's layout (SGM names, lora_te1_/lora_te2_),
+    which changes the image; a LoRA of another family is named as not fitting."""
     import shutil
 
     from lib_sdtrain.errors import SDTrainError
     from lib_sdtrain.generate.generator import GenerationRequest, Generator
+    from lib_sdtrain.network.kohya_file import save_lora
+    from lib_sdtrain.network.lora import LoRANetwork, NetworkSpec
 
     sdxl_file = Path(shutil.copy(sdxl_file, tmp_path))
     for name in ("tokenizer", "tokenizer_2"):  # a lone file's tokenizers are looked for beside it
@@ -175,11 +180,25 @@ def test_the_generate_stage_draws_with_an_sdxl_file_and_refuses_a_lora_on_it(sdx
     request = GenerationRequest(model=str(sdxl_file), prompt="a red square", steps=2, width=64, height=64, seed=1)
     first, again = generator.txt2img(request)[0], generator.txt2img(request)[0]
     assert first.size == (64, 64) and first.tobytes() == again.tobytes()  # the seed gives the same image
-    lora = tmp_path / "some.safetensors"
-    save_file({"lora_unet_x.lora_down.weight": torch.zeros(1, 1)}, str(lora))
-    with pytest.raises(SDTrainError, match=r"Applying a LoRA \(some\.safetensors\) to an SDXL model is not supported"):
-        generator.txt2img(GenerationRequest(model=str(sdxl_file), prompt="x", steps=1, width=64, height=64,
-                                            lora_path=str(lora)))  # fmt: skip
+
+    model = generator.model(str(sdxl_file))
+    network = LoRANetwork(model.unet, model.text_encoder, NetworkSpec(rank=4, alpha=4), model.text_encoder_2,
+                          model.lora_unet_names())  # fmt: skip
+    for lora in network.all_loras():
+        torch.nn.init.normal_(lora.lora_up.weight, std=0.5)
+    state = network.kohya_state_dict()
+    assert any(k.startswith("lora_te2_") for k in state) and any(k.startswith("lora_unet_input_blocks") for k in state)
+    save_lora(state, tmp_path / "xl-lora.safetensors", {})
+    with_lora = generator.txt2img(dataclasses.replace(request, lora_path=str(tmp_path / "xl-lora.safetensors")))[0]
+    assert with_lora.tobytes() != first.tobytes()
+    assert generator.txt2img(request)[0].tobytes() == first.tobytes()  # the LoRA is gone afterwards
+
+    sd1_lora = tmp_path / "sd1.safetensors"
+    sd1_name = "lora_unet_down_blocks_0_attentions_0_proj_in"  # an SD 1.x name: diffusers paths
+    save_file({f"{sd1_name}.lora_down.weight": torch.zeros(1, 1), f"{sd1_name}.lora_up.weight": torch.zeros(1, 1)},
+              str(sd1_lora))  # fmt: skip
+    with pytest.raises(SDTrainError, match=r"sd1\.safetensors does not fit this SDXL model"):
+        generator.txt2img(dataclasses.replace(request, lora_path=str(sd1_lora)))
 
 
 def test_buckets_caches_latents_with_an_sdxl_files_vae(sdxl_file, sdxl_folder, tmp_path):

@@ -155,14 +155,10 @@ def test_an_sdxl_lora_learns_the_concept_and_its_file_is_kohyas(sdxl_dir, sks_sd
     assert {n.removeprefix("lora_te2_") for n in names if n.startswith("lora_te2_")} <= te2_modules
     assert len(names) == len(unet) + sum(n.startswith(("lora_te1_", "lora_te2_")) for n in names)
 
-    from lib_sdtrain.models import ldm_keys
-    from lib_sdtrain.models.configs import unet_layout
     from lib_sdtrain.network.lora import LoRANetwork, NetworkSpec
 
-    layout = unet_layout(base.unet.config)
     spec = NetworkSpec(rank=8, alpha=8, conv_rank=8, conv_alpha=8)
-    network = LoRANetwork(base.unet, base.text_encoder, spec, base.text_encoder_2,
-                          lambda path: ldm_keys.unet_sgm_module_path(path, layout))  # fmt: skip
+    network = LoRANetwork(base.unet, base.text_encoder, spec, base.text_encoder_2, base.lora_unet_names())
     network.load_kohya_state_dict(state)
     network.attach()
     loss_after = eval_loss(base)
