@@ -23,6 +23,7 @@ SD-Train demo models
 These are tiny models with RANDOM weights, made by SD-Train from configs in a second:
 
   sd-tiny/    a Stable Diffusion 1.x-shaped model (diffusers folder), about 1/500 of the real size
+  sdxl-tiny/  an SDXL-shaped model (diffusers folder: two text encoders, size conditioning), as small
   blip-tiny/  a BLIP captioner that strings together short captions about a red creature
   wd14-tiny/  a WD14-style tagger (model.onnx + selected_tags.csv) that tags the demo images by their colours
 
@@ -38,6 +39,7 @@ You can delete this folder at any time; `sdtrain demo` makes it again.
 @dataclass
 class DemoPaths:
     sd_model: Path
+    sdxl_model: Path
     blip: Path
     tagger: Path
     dataset: Path
@@ -50,7 +52,9 @@ _lock = threading.Lock()  # two clicks on "Make demo" must not build the same fo
 
 def demo_paths(models_dir: str | os.PathLike[str], dataset_dir: str | os.PathLike[str]) -> DemoPaths:
     demo = Path(models_dir) / "demo"
-    return DemoPaths(demo / "sd-tiny", demo / "blip-tiny", demo / "wd14-tiny", Path(dataset_dir) / "demo")
+    return DemoPaths(
+        demo / "sd-tiny", demo / "sdxl-tiny", demo / "blip-tiny", demo / "wd14-tiny", Path(dataset_dir) / "demo"
+    )
 
 
 def make_demo(
@@ -69,6 +73,7 @@ def make_demo(
     progress = progress or Progress()
     steps: list[tuple[str, Callable[[Path], object]]] = [
         ("sd_model", _write_sd_model),
+        ("sdxl_model", _write_sdxl_model),
         ("blip", lambda folder: write_tiny_blip(folder, seed=SEED)),
         ("tagger", write_tiny_tagger),
         ("dataset", lambda folder: draw_demo_dataset(folder, DEMO_IMAGES, seed=SEED)),
@@ -95,6 +100,12 @@ def _write_sd_model(folder: Path) -> None:
     from lib_sdtrain.demo.tiny_models import write_tiny_diffusers_model
 
     write_tiny_diffusers_model(folder, seed=SEED, words=demo_words())
+
+
+def _write_sdxl_model(folder: Path) -> None:
+    from lib_sdtrain.demo.tiny_models import write_tiny_sdxl_diffusers_model
+
+    write_tiny_sdxl_diffusers_model(folder, seed=SEED, words=demo_words())
 
 
 def demo_words() -> list[str]:

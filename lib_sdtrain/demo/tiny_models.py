@@ -197,7 +197,7 @@ def tiny_sdxl_unet() -> UNet2DConditionModel:
     )
 
 
-def write_tiny_sdxl_diffusers_model(folder: Path, seed: int = 0) -> Path:
+def write_tiny_sdxl_diffusers_model(folder: Path, seed: int = 0, words: Sequence[str] | None = None) -> Path:
     """A complete diffusers SDXL folder (StableDiffusionXLPipeline: unet, vae, text_encoder, text_encoder_2, both
     tokenizers, scheduler) with random weights."""
     from diffusers import StableDiffusionXLPipeline
@@ -205,7 +205,7 @@ def write_tiny_sdxl_diffusers_model(folder: Path, seed: int = 0) -> Path:
 
     with tempfile.TemporaryDirectory() as tokenizer_src, torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        tokenizer = write_tiny_tokenizer(Path(tokenizer_src))
+        tokenizer = write_tiny_tokenizer(Path(tokenizer_src), words)
         second = tiny_text_encoder(tokenizer, hidden_act="gelu").config  # OpenCLIP's activation, with a projection
         vae = tiny_vae()
         vae.register_to_config(scaling_factor=0.13025)  # SDXL's VAE scale

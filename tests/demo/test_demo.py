@@ -28,11 +28,19 @@ def images(demo, tmp_path) -> Path:
 
 
 def test_layout_and_readme(demo):
-    assert demo.made == ["sd_model", "blip", "tagger", "dataset"]
+    assert demo.made == ["sd_model", "sdxl_model", "blip", "tagger", "dataset"]
     assert demo.sd_model.parent == demo.blip.parent == demo.tagger.parent and demo.dataset.name == "demo"
     readme = (demo.sd_model.parent / "README.txt").read_text()
     assert "RANDOM weights" in readme and "not pictures" in readme and "checkpoints folder" in readme
     assert not [p for p in demo.sd_model.parent.iterdir() if p.name.startswith(".")]  # no staging folders left
+
+
+def test_the_sdxl_model_loads_as_sdxl_and_knows_the_demo_words(demo):
+    from lib_sdtrain.models.loading import load_sd_model
+
+    model = load_sd_model(demo.sdxl_model)
+    assert model.version == "sdxl" and model.text_encoder_2 is not None
+    assert "creature" in model.tokenizer.get_vocab() or "creature</w>" in model.tokenizer.get_vocab()
 
 
 def test_sd_model_loads_and_knows_the_demo_words(demo):
@@ -101,7 +109,7 @@ def test_an_interrupted_build_leaves_nothing_that_looks_complete(tmp_path, monke
     assert paths.made == ["dataset"]  # the models were complete; only the dataset is made again
     (paths.dataset / "demo_00.caption").write_text("old")
     assert make_demo(tmp_path / "models", tmp_path / "datasets", force=True).made == [
-        "sd_model", "blip", "tagger", "dataset"
+        "sd_model", "sdxl_model", "blip", "tagger", "dataset"
     ]  # fmt: skip
     assert not (paths.dataset / "demo_00.caption").exists()
 
