@@ -275,7 +275,8 @@ class Trainer:
             if self.full_half:
                 model.unet.to(dtype=dtype)
             if self.full_half or not self.trains_text_encoder:
-                model.text_encoder.to(dtype=dtype)
+                for encoder in model.text_encoders:
+                    encoder.to(dtype=dtype)
         # SDXL's VAE overflows in fp16 (kohya's no_half_vae): it stays fp32 then, as under no_half_vae
         sdxl_fp16 = self.sdxl and dtype == torch.float16
         if self.config.ignored.get("no_half_vae") is not True and not sdxl_fp16:
@@ -628,7 +629,7 @@ class Trainer:
             tensors = self.network.kohya_state_dict()
             header = len(json.dumps(lora_metadata(self, finished=True))) + 200 * len(tensors)
         else:
-            modules = (self.model.unet, self.model.vae, self.model.text_encoder)
+            modules = (self.model.unet, self.model.vae, *self.model.text_encoders)
             tensors = {f"{i}{k}": v for i, m in enumerate(modules) for k, v in m.state_dict().items()}
             tensors.update(self.model.extra_ldm_state or {})
             header = 200 * len(tensors)
@@ -1004,8 +1005,11 @@ def _with_vae(model: SDModel, vae: str | None) -> SDModel:
 def _check_sdxl_run(config: TrainConfig, model: SDModel) -> None:
     """What SDXL training does not take yet, or takes differently from SD 1.x/2.x, refused before anything loads."""
     name = model.source_name or model.source or "The base model"
-    if not config.is_lora:
-        raise UnsupportedModelError(f"{name} is an SDXL model: SD-Train trains SDXL LoRAs, not full fine-tunes yet.")
+    if not config.is_lora and config.train_text_encoder:
+        raise UnsupportedModelError(
+            f"{name} is an SDXL model: a full fine-tune trains its UNet; training its two text encoders too (kohya's "
+            "learning_rate_te1/te2) is not supported yet. Leave train_text_encoder off."
+        )
     if config.enable_bucket and config.bucket_reso_steps % 32:
         raise ConfigError(
             f"bucket_reso_steps = {config.bucket_reso_steps}: SDXL's buckets are multiples of 32 pixels (kohya checks "

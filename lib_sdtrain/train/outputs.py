@@ -449,13 +449,20 @@ def _write_diffusers(folder: Path, model: SDModel, dtype: torch.dtype, safe: boo
     import copy
     import shutil
 
-    from diffusers import StableDiffusionPipeline
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
-    parts = {name: copy.deepcopy(getattr(model, name)).to("cpu", dtype) for name in ("unet", "vae", "text_encoder")}
-    pipe = StableDiffusionPipeline(
-        **parts, tokenizer=model.tokenizer, scheduler=model.noise_scheduler(), safety_checker=None,
-        feature_extractor=None, requires_safety_checker=False,
-    )  # fmt: skip
+    names = ("unet", "vae", "text_encoder") + (("text_encoder_2",) if model.text_encoder_2 is not None else ())
+    parts = {name: copy.deepcopy(getattr(model, name)).to("cpu", dtype) for name in names}
+    pipe: Any
+    if model.version == "sdxl":
+        pipe = StableDiffusionXLPipeline(
+            **parts, tokenizer=model.tokenizer, tokenizer_2=model.tokenizer_2, scheduler=model.noise_scheduler()
+        )
+    else:
+        pipe = StableDiffusionPipeline(
+            **parts, tokenizer=model.tokenizer, scheduler=model.noise_scheduler(), safety_checker=None,
+            feature_extractor=None, requires_safety_checker=False,
+        )  # fmt: skip
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     try:

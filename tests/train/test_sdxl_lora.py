@@ -171,8 +171,9 @@ def test_an_sdxl_lora_learns_the_concept_and_its_file_is_kohyas(sdxl_dir, sks_sd
 
 
 def test_what_sdxl_training_does_not_take_is_refused_before_it_loads_data(sdxl_dir, sks_sdxl, tmp_path):
-    with pytest.raises(UnsupportedModelError, match=r"SD-Train trains SDXL LoRAs, not full fine-tunes yet"):
-        Trainer(_config(sdxl_dir, sks_sdxl, tmp_path, network_module=None), None, None)
+    full_with_text = {"network_module": None, "train_text_encoder": True}
+    with pytest.raises(UnsupportedModelError, match=r"training its two text encoders too .* is not supported yet"):
+        Trainer(_config(sdxl_dir, sks_sdxl, tmp_path, **full_with_text), None, None)
     with pytest.raises(ConfigError, match=r"clip_skip = 2 is for SD 1\.x/2\.x"):
         Trainer(_config(sdxl_dir, sks_sdxl, tmp_path, clip_skip=2), None, None)
     folder = tmp_path / "folder" / "5_sks"
@@ -214,3 +215,20 @@ def test_unet_only_with_cached_text_and_image_folder_latents(sdxl_dir, tmp_path)
     wide = next(item for item in trainer.items if item.image_path.name == "img1.png")
     assert data.size_conditioning(wide, False)[:2] == (64, 96)  # the original height, width
     assert load_file(str(result.output)).keys() == state.keys()
+
+
+def test_an_sdxl_unet_fine_tune_learns_and_saves_an_sgm_file_and_a_diffusers_folder(sdxl_dir, sks_sdxl, tmp_path):
+    base = load_sd_model(sdxl_dir)
+    loss_before = eval_loss(base)
+    config = _config(sdxl_dir, sks_sdxl, tmp_path, network_module=None, learning_rate=2e-4, max_train_steps=80)
+    tuned = load_sd_model(train(config).output, tokenizer=sdxl_dir)  # the single file the WebUI's list loads
+    assert tuned.version == "sdxl" and eval_loss(tuned) < 0.7 * loss_before
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(tuned.text_encoder_2.parameters(), base.text_encoder_2.parameters(), strict=True)
+    )  # fmt: skip  (frozen)
+
+    folder = train(_config(sdxl_dir, sks_sdxl, tmp_path / "d", network_module=None, max_train_steps=2,
+                           save_model_as="diffusers_safetensors")).output  # fmt: skip
+    assert json.loads((folder / "model_index.json").read_text())["_class_name"] == "StableDiffusionXLPipeline"
+    assert load_sd_model(folder).version == "sdxl"
