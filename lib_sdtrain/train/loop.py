@@ -362,7 +362,8 @@ class Trainer:
                 return Conditioning(text.encode(model.text_encoder, ids, self.config.clip_skip))
             assert model.tokenizer_2 is not None
             ids_2 = text.tokenize(model.tokenizer_2, captions, length)
-            return Conditioning(*text.encode_sdxl(model.text_encoder, model.text_encoder_2, ids, ids_2))
+            eos = model.tokenizer_2.eos_token_id
+            return Conditioning(*text.encode_sdxl(model.text_encoder, model.text_encoder_2, ids, ids_2, eos))
 
     def _text_states(self, captions: list[str]) -> Conditioning:
         if self.text_cache is not None:

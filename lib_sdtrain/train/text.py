@@ -43,11 +43,16 @@ def encode(text_encoder: CLIPTextModel, input_ids: torch.Tensor, clip_skip: int 
 
 
 def encode_sdxl(
-    text_encoder: CLIPTextModel, text_encoder_2: CLIPTextModelWithProjection, ids: torch.Tensor, ids_2: torch.Tensor
+    text_encoder: CLIPTextModel,
+    text_encoder_2: CLIPTextModelWithProjection,
+    ids: torch.Tensor,
+    ids_2: torch.Tensor,
+    eos_token_id: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(states, pooled) for SDXL, as kohya's get_hidden_states_sdxl: each encoder's penultimate layer (no final
     layer norm), chunks joined as encode() joins them, the two side by side (768 + 1280 wide in SDXL); and the
-    second encoder's projected output at the first chunk's EOS. clip_skip does not apply."""
+    second encoder's projected output at the first chunk's EOS (`eos_token_id`, the second tokenizer's: SDXL's
+    text_encoder_2 config says 2, not CLIP's 49407). clip_skip does not apply."""
     ids, ids_2 = (i if i.dim() == 3 else i[:, None] for i in (ids, ids_2))
     batch, count, length = ids.shape
     flat = ids.reshape(batch * count, length).to(text_encoder.device)
@@ -56,7 +61,7 @@ def encode_sdxl(
     out = text_encoder_2(flat_2, output_hidden_states=True)
     states = torch.cat([_joined(first, batch, count), _joined(out.hidden_states[-2], batch, count)], dim=-1)
     # pooled at each chunk's first EOS (kohya's pool_workaround; transformers pools at the highest token id)
-    eos = (flat_2 == text_encoder_2.config.eos_token_id).int().argmax(dim=1)
+    eos = (flat_2 == eos_token_id).int().argmax(dim=1)
     last = out.last_hidden_state[torch.arange(len(flat_2), device=flat_2.device), eos]
     pooled = text_encoder_2.text_projection(last.to(text_encoder_2.text_projection.weight.dtype)).to(last.dtype)
     return states, pooled.reshape(batch, count, -1)[:, 0]

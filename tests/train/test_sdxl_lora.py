@@ -62,7 +62,9 @@ def _config(sdxl_dir, dataset, tmp_path, **overrides):
 def _condition(model, prompt: str, count: int):
     ids = text.tokenize(model.tokenizer, [prompt] * count)
     ids_2 = text.tokenize(model.tokenizer_2, [prompt] * count)
-    states, pooled = text.encode_sdxl(model.text_encoder, model.text_encoder_2, ids, ids_2)
+    states, pooled = text.encode_sdxl(
+        model.text_encoder, model.text_encoder_2, ids, ids_2, model.tokenizer_2.eos_token_id
+    )
     time_ids = torch.tensor([[64.0, 64, 0, 0, 64, 64]] * count)
     return {"encoder_hidden_states": states, "added_cond_kwargs": {"text_embeds": pooled, "time_ids": time_ids}}
 
@@ -99,7 +101,10 @@ def test_the_conditioning_is_kohyas(sdxl_dir):
     for length in (75, 225):
         ids = text.tokenize(model.tokenizer, captions, length)
         ids_2 = text.tokenize(model.tokenizer_2, captions, length)
-        states, pooled = text.encode_sdxl(model.text_encoder, model.text_encoder_2, ids, ids_2)
+        model.text_encoder_2.config.eos_token_id = 2  # as SDXL's own config.json says: the tokenizer's EOS counts
+        states, pooled = text.encode_sdxl(
+            model.text_encoder, model.text_encoder_2, ids, ids_2, model.tokenizer_2.eos_token_id
+        )
         first, second, pool = kohya.get_hidden_states_sdxl(
             None if length == 75 else length, ids, ids_2, model.tokenizer, model.tokenizer_2, model.text_encoder,
             model.text_encoder_2,
