@@ -237,3 +237,17 @@ def test_an_sdxl_unet_fine_tune_learns_and_saves_an_sgm_file_and_a_diffusers_fol
                            save_model_as="diffusers_safetensors")).output  # fmt: skip
     assert json.loads((folder / "model_index.json").read_text())["_class_name"] == "StableDiffusionXLPipeline"
     assert load_sd_model(folder).version == "sdxl"
+
+
+def test_a_run_continues_from_an_sdxl_lora_file_with_its_dims(sdxl_dir, sks_sdxl, tmp_path):
+    """network_weights (+ dim_from_weights): a kohya-layout SDXL LoRA (lora_unet_ SGM names, lora_te1_/lora_te2_)
+    is read back module for module, at its own ranks, and training goes on from it."""
+    first = train(_config(sdxl_dir, sks_sdxl, tmp_path / "a", max_train_steps=2, network_dim=4, network_alpha=2))
+    saved, _ = load_lora(first.output)
+    config = _config(sdxl_dir, sks_sdxl, tmp_path / "b", max_train_steps=1, network_weights=str(first.output),
+                     dim_from_weights=True)  # fmt: skip
+    trainer = Trainer(config, None, None)
+    trainer.setup()
+    loaded = trainer.network.kohya_state_dict()
+    assert loaded.keys() == saved.keys()
+    assert all(torch.equal(loaded[k].float(), saved[k].float()) for k in saved)
