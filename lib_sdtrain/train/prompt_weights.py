@@ -10,6 +10,7 @@ get_weighted_text_embeddings does.
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import torch
 from transformers import CLIPTextModel, CLIPTokenizer
@@ -105,3 +106,27 @@ def weighted_prompt_states(
         weighted = hidden * token_weights[None, :, None]
         states.append(weighted * (before / weighted.float().mean()).to(hidden.dtype))
     return torch.cat(states)
+
+
+@torch.no_grad()
+def weighted_prompt_states_sdxl(model: Any, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """SDXL's (states, pooled) for `prompts`, weighted as weighted_prompt_states weights them: each chunk through
+    both encoders (text.encode_sdxl), the token weights applied to the joined states with the mean kept; the pooled
+    text is the first chunk's, unweighted, as kohya's SDXL sample pipeline takes it."""
+    tokenizer, tokenizer_2 = model.tokenizer, model.tokenizer_2
+    parsed = [tokens_with_weights(tokenizer, p, MAX_CHUNKS * text.CHUNK) for p in prompts]
+    longest = max(len(tokens) for tokens, _ in parsed)
+    count = min(MAX_CHUNKS, max(1, (longest - 1) // text.CHUNK + 1))
+    states, pooled = [], []
+    for prompt, (tokens, weights) in zip(prompts, parsed, strict=True):
+        ids, token_weights = _chunks(tokens, weights, count, tokenizer.bos_token_id, tokenizer.eos_token_id)
+        tokens_2, weights_2 = tokens_with_weights(tokenizer_2, prompt, MAX_CHUNKS * text.CHUNK)
+        ids_2, _ = _chunks(tokens_2, weights_2, count, tokenizer_2.bos_token_id, tokenizer_2.eos_token_id)
+        hidden, pool = text.encode_sdxl(model.text_encoder, model.text_encoder_2, ids, ids_2, tokenizer_2.eos_token_id)
+        hidden = hidden.reshape(1, count * (text.CHUNK + 2), -1)
+        token_weights = token_weights.to(hidden.device, hidden.dtype)
+        before = hidden.float().mean()
+        weighted = hidden * token_weights[None, :, None]
+        states.append(weighted * (before / weighted.float().mean()).to(hidden.dtype))
+        pooled.append(pool[:1])
+    return torch.cat(states), torch.cat(pooled)

@@ -187,7 +187,7 @@ def generate_samples(
     file-name part: `e000003` after an epoch, `000500` after a step. `sampler` is sample_sampler; a prompt's --ss
     wins. Prompts are weighted and may be long, as kohya's sample pipeline reads them."""
     from lib_sdtrain.generate.pipeline import build_pipeline
-    from lib_sdtrain.train.prompt_weights import weighted_prompt_states
+    from lib_sdtrain.train.prompt_weights import weighted_prompt_states, weighted_prompt_states_sdxl
 
     pipe = build_pipeline(model)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -196,8 +196,12 @@ def generate_samples(
     for index, sample in enumerate(prompts):
         seed = sample.seed if sample.seed is not None else step * 100 + index
         pipe.scheduler = sample_scheduler(sample.sampler or sampler, model.v_prediction)
-        if model.version == "sdxl":  # the SDXL pipeline encodes the prompts itself (75 tokens, no weights yet)
-            texts: dict[str, Any] = {"prompt": sample.prompt, "negative_prompt": sample.negative}
+        if model.version == "sdxl":
+            states, pooled = weighted_prompt_states_sdxl(model, [sample.prompt, sample.negative])
+            texts: dict[str, Any] = {
+                "prompt_embeds": states[:1], "negative_prompt_embeds": states[1:],
+                "pooled_prompt_embeds": pooled[:1], "negative_pooled_prompt_embeds": pooled[1:],
+            }  # fmt: skip
         else:
             states = weighted_prompt_states(
                 model.tokenizer, model.text_encoder, [sample.prompt, sample.negative], clip_skip

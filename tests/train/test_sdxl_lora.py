@@ -251,3 +251,29 @@ def test_a_run_continues_from_an_sdxl_lora_file_with_its_dims(sdxl_dir, sks_sdxl
     loaded = trainer.network.kohya_state_dict()
     assert loaded.keys() == saved.keys()
     assert all(torch.equal(loaded[k].float(), saved[k].float()) for k in saved)
+
+
+def test_sdxl_sample_prompts_are_weighted_and_may_be_long(sdxl_dir, sks_sdxl, tmp_path):
+    """(word:1.5) weights and prompts over 75 tokens reach both SDXL encoders, as for SD 1.x; unweighted, one
+    chunk equals the training conditioning; the samples render."""
+    from lib_sdtrain.train.prompt_weights import weighted_prompt_states_sdxl
+
+    model = load_sd_model(sdxl_dir)
+    plain, pooled = weighted_prompt_states_sdxl(model, ["a red square"])
+    ids = text.tokenize(model.tokenizer, ["a red square"])
+    ids_2 = text.tokenize(model.tokenizer_2, ["a red square"])
+    states, pool = text.encode_sdxl(
+        model.text_encoder, model.text_encoder_2, ids, ids_2, model.tokenizer_2.eos_token_id
+    )
+    assert torch.allclose(plain, states, atol=1e-5) and torch.allclose(pooled, pool, atol=1e-5)
+    weighted, _ = weighted_prompt_states_sdxl(model, ["a (red:1.5) square"])
+    assert weighted.shape == plain.shape and not torch.allclose(weighted, plain)
+    long, long_pooled = weighted_prompt_states_sdxl(model, [" ".join(["red square"] * 60), ""])
+    assert long.shape[:2] == (2, 3 * 77) and long_pooled.shape[0] == 2  # the negative lines up with the prompt
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a (red:1.4) square --n blue --w 64 --h 64 --s 2 --d 3\n")
+    result = train(_config(sdxl_dir, sks_sdxl, tmp_path, max_train_steps=1, sample_prompts=str(prompts),
+                           sample_every_n_steps=1))  # fmt: skip
+    samples = sorted((tmp_path / "out" / "sample").glob("*.png"))
+    assert samples and Image.open(samples[-1]).size == (64, 64) and result.steps == 1
