@@ -639,22 +639,31 @@ def _latents_key(files: list[str]) -> str:
     return "latents" if "latents" in files else "arr_0"
 
 
-def size_conditioning(item: TrainItem, flipped: bool) -> tuple[int, int, int, int, int, int]:
-    """SDXL's six size ids for an item, as kohya's dataset gives them to sdxl_train_network.py: the original size
-    (height, width), where the crop starts (top, left; mirrored when flipped) and the target size (the bucket's
-    height, width). The original size and crop come from the item's .npz (kohya's `original_size`, `crop_ltrb`)
-    when it has them, else from the image, placed in the bucket as `buckets` places it."""
-    original, crop = None, None
+SizeAndCrop = tuple[list[float], list[float]]
+"""An item's original size [w, h] and crop_ltrb [l, t, r, b], as kohya's .npz stores them."""
+
+
+def original_size_and_crop(item: TrainItem) -> SizeAndCrop:
+    """From the item's .npz (kohya's `original_size`, `crop_ltrb`) when it has them, else from the image header,
+    placed in the bucket as `buckets` places it. Reads a file: the loop asks once per image, before training."""
     if item.latents_path is not None:
         with np.load(item.latents_path) as npz:
             if {"original_size", "crop_ltrb"} <= set(npz.files):
-                original, crop = npz["original_size"].tolist(), npz["crop_ltrb"].tolist()
-    if original is None or crop is None:
-        from lib_sdtrain.prepare.buckets import crop_ltrb
+                return npz["original_size"].tolist(), npz["crop_ltrb"].tolist()
+    from lib_sdtrain.prepare.buckets import crop_ltrb
 
-        assert item.image_path is not None, "an item without cached sizes has its image"
-        original = list(upright_size(item.image_path))
-        crop = list(crop_ltrb(item.bucket, (original[0], original[1])))
+    assert item.image_path is not None, "an item without cached sizes has its image"
+    width, height = upright_size(item.image_path)
+    return [float(width), float(height)], list(crop_ltrb(item.bucket, (width, height)))
+
+
+def size_conditioning(
+    item: TrainItem, flipped: bool, sizes: SizeAndCrop | None = None
+) -> tuple[int, int, int, int, int, int]:
+    """SDXL's six size ids for an item, as kohya's dataset gives them to sdxl_train_network.py: the original size
+    (height, width), where the crop starts (top, left; mirrored when flipped) and the target size (the bucket's
+    height, width). `sizes`: original_size_and_crop(item), read here when not given."""
+    original, crop = sizes or original_size_and_crop(item)
     width, height = item.bucket
     left = width - crop[2] if flipped else crop[0]
     return int(original[1]), int(original[0]), int(crop[1]), int(left), height, width

@@ -225,6 +225,8 @@ class Trainer:
             encoder.train(self.trains_text_encoder)
         self._store_weights_in_dtypes()
         self._compile_unet()
+        # SDXL's size ids need each image's original size and crop: read once here, not at every step
+        self.item_sizes = {item: data.original_size_and_crop(item) for item in set(self.items)} if self.sdxl else {}
         self._cache_latents()
         self._place_modules()
         self._check_text_encoder_caching()
@@ -462,7 +464,8 @@ class Trainer:
         if not self.sdxl:
             return None
         return torch.tensor(
-            [data.size_conditioning(i, f) for i, f in zip(batch, flips, strict=True)], dtype=torch.float32
+            [data.size_conditioning(i, f, self.item_sizes[i]) for i, f in zip(batch, flips, strict=True)],
+            dtype=torch.float32,
         )
 
     def _latents(self, prepared: PreparedBatch) -> torch.Tensor:

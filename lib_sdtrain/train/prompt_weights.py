@@ -95,17 +95,28 @@ def weighted_prompt_states(
     """[len(prompts), chunks * 77, width] text-encoder states; all prompts get as many chunks as the longest needs
     (at most MAX_CHUNKS), so a prompt and its negative line up for classifier-free guidance."""
     parsed = [tokens_with_weights(tokenizer, p, MAX_CHUNKS * text.CHUNK) for p in prompts]
-    longest = max(len(tokens) for tokens, _ in parsed)
-    count = min(MAX_CHUNKS, max(1, (longest - 1) // text.CHUNK + 1))
+    count = _chunk_count(parsed)
     states = []
     for tokens, weights in parsed:
         ids, token_weights = _chunks(tokens, weights, count, tokenizer.bos_token_id, tokenizer.eos_token_id)
-        hidden = text.encode(text_encoder, ids, clip_skip).reshape(1, count * (text.CHUNK + 2), -1)
-        token_weights = token_weights.to(hidden.device, hidden.dtype)
-        before = hidden.float().mean()
-        weighted = hidden * token_weights[None, :, None]
-        states.append(weighted * (before / weighted.float().mean()).to(hidden.dtype))
+        states.append(_weighted(text.encode(text_encoder, ids, clip_skip), token_weights))
     return torch.cat(states)
+
+
+def _chunk_count(parsed: list[tuple[list[int], list[float]]]) -> int:
+    """Chunks of 75 tokens for the longest prompt (all prompts get as many), at most MAX_CHUNKS."""
+    longest = max(len(tokens) for tokens, _ in parsed)
+    return min(MAX_CHUNKS, max(1, (longest - 1) // text.CHUNK + 1))
+
+
+def _weighted(hidden: torch.Tensor, token_weights: torch.Tensor) -> torch.Tensor:
+    """[chunks, 77, width] states as one [1, chunks * 77, width] sequence, each token's state scaled by its weight
+    and the whole rescaled to its unweighted mean (the WebUI's and kohya's rule)."""
+    hidden = hidden.reshape(1, -1, hidden.shape[-1])
+    token_weights = token_weights.to(hidden.device, hidden.dtype)
+    before = hidden.float().mean()
+    weighted = hidden * token_weights[None, :, None]
+    return weighted * (before / weighted.float().mean()).to(hidden.dtype)
 
 
 @torch.no_grad()
@@ -115,18 +126,13 @@ def weighted_prompt_states_sdxl(model: Any, prompts: list[str]) -> tuple[torch.T
     text is the first chunk's, unweighted, as kohya's SDXL sample pipeline takes it."""
     tokenizer, tokenizer_2 = model.tokenizer, model.tokenizer_2
     parsed = [tokens_with_weights(tokenizer, p, MAX_CHUNKS * text.CHUNK) for p in prompts]
-    longest = max(len(tokens) for tokens, _ in parsed)
-    count = min(MAX_CHUNKS, max(1, (longest - 1) // text.CHUNK + 1))
+    count = _chunk_count(parsed)
     states, pooled = [], []
     for prompt, (tokens, weights) in zip(prompts, parsed, strict=True):
         ids, token_weights = _chunks(tokens, weights, count, tokenizer.bos_token_id, tokenizer.eos_token_id)
         tokens_2, weights_2 = tokens_with_weights(tokenizer_2, prompt, MAX_CHUNKS * text.CHUNK)
         ids_2, _ = _chunks(tokens_2, weights_2, count, tokenizer_2.bos_token_id, tokenizer_2.eos_token_id)
         hidden, pool = text.encode_sdxl(model.text_encoder, model.text_encoder_2, ids, ids_2, tokenizer_2.eos_token_id)
-        hidden = hidden.reshape(1, count * (text.CHUNK + 2), -1)
-        token_weights = token_weights.to(hidden.device, hidden.dtype)
-        before = hidden.float().mean()
-        weighted = hidden * token_weights[None, :, None]
-        states.append(weighted * (before / weighted.float().mean()).to(hidden.dtype))
+        states.append(_weighted(hidden, token_weights))
         pooled.append(pool[:1])
     return torch.cat(states), torch.cat(pooled)
